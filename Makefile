@@ -1,0 +1,41 @@
+# The two commands of the quick start: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# systemd-python (journal, sd_notify) builds only where libsystemd's headers are installed;
+# elsewhere the daemon logs to stderr and skips sd_notify.
+JOURNAL := $(shell pkg-config --exists libsystemd 2>/dev/null && echo ,journal)
+
+.PHONY: demo test lint bench train clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime and test tools: what the demo needs.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev$(JOURNAL)]'
+	touch $@
+
+# Plus TensorFlow: the tests prove the training pipeline end to end on a tiny subset.
+$(VENV)/.train: $(VENV)/.runtime
+	$(BIN)/python -m pip install -q -e '.[dev,train$(JOURNAL)]'
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(BIN)/bin-daemon run --hardware fake --images tests/data/samples --max-items 24
+
+test: $(VENV)/.train
+	$(BIN)/ruff check bin_daemon tests
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.runtime
+	$(BIN)/ruff check bin_daemon tests
+	$(BIN)/ruff format --check bin_daemon tests
+
+# The real training run (about an hour on 2 cores); writes models/.
+train: $(VENV)/.train
+	$(BIN)/bin-daemon train --data ../shared/datasets/trashnet --backbone efficientnet-lite0 --out models/
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

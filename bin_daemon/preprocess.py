@@ -1,0 +1,105 @@
+"""How pixels reach the model: decoding and the input transform.
+
+The daemon, ``classify``, ``evaluate`` and training all call these functions, so the model
+sees a camera frame exactly the way it saw its training images. This is the only module
+that imports OpenCV.
+
+The transform is deliberately simple: take the largest centred square, resize it to the
+model's input size with area interpolation, keep RGB uint8. Normalisation lives inside the
+model (a Rescaling layer), so the Pi feeds raw pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bin_daemon.errors import ImageError
+
+MAX_IMAGE_PIXELS = 64_000_000
+"""Refuse to decode anything larger (a 64 MP frame is already far beyond any Pi camera)."""
+
+
+def decode_image(data: bytes, source: str = "image") -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, BMP, ...) into an RGB ``uint8`` array (H, W, 3).
+
+    Greyscale becomes three equal channels, alpha is dropped, 16-bit is scaled to 8-bit.
+    Raises :class:`ImageError` naming ``source`` for anything that is not a decodable image.
+    """
+    if not data:
+        raise ImageError(f"{source}: empty file (0 bytes), not an image")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageError(f"{source}: not a decodable image (truncated, corrupt or unknown format)")
+    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"{source}: {image.shape[1]}x{image.shape[0]} pixels is larger than the "
+            f"{MAX_IMAGE_PIXELS // 1_000_000} MP this program accepts"
+        )
+    return to_rgb8(image, source)
+
+
+def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
+    """Normalise an OpenCV-decoded array (BGR/BGRA/grey, 8 or 16 bit) to RGB uint8."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"{source}: unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise ImageError(f"{source}: unsupported number of channels ({channels})")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read and decode an image file into RGB uint8; :class:`ImageError` if it cannot be."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageError(f"{path}: cannot read ({error.strerror or error})") from error
+    return decode_image(data, str(path))
+
+
+def encode_jpeg(image_rgb: np.ndarray, quality: int = 90) -> bytes:
+    """Encode an RGB uint8 image as JPEG bytes (for the spool of captured frames)."""
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise ImageError("could not encode frame as JPEG")
+    return encoded.tobytes()
+
+
+def center_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of an image (a view, no copy)."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top = (height - side) // 2
+    left = (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to (size, size) with area interpolation when shrinking, linear when growing."""
+    shrinking = image.shape[0] >= size and image.shape[1] >= size
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def to_model_input(image_rgb: np.ndarray, size: int) -> np.ndarray:
+    """The model's input for one RGB uint8 image: centred square, resized, (size, size, 3) uint8."""
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ImageError(
+            f"expected an RGB uint8 image of shape (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}"
+        )
+    return np.ascontiguousarray(resize(center_square(image_rgb), size))
