@@ -78,4 +78,6 @@ def write_split(samples: list[Sample], path: Path) -> None:
 
 def read_split(path: Path) -> list[Sample]:
     with path.open(newline="") as handle:
-        return [Sample(r["path"], r["label"], r["sha256"], r["subset"]) for r in csv.DictReader(handle)]
+        return [
+            Sample(r["path"], r["label"], r["sha256"], r["subset"]) for r in csv.DictReader(handle)
+        ]

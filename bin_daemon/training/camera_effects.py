@@ -1,0 +1,152 @@
+"""What a bin camera does to a picture, as random augmentations and as fixed corruptions.
+
+TrashNet photos are single objects on a white board under studio light. A bin camera sees
+the item off-centre and rotated, under a wrong white balance, in dim light, with sensor
+noise, motion or focus blur and JPEG artefacts. ``augment`` applies a random mix of those
+to a training image; ``CORRUPTIONS`` are the same effects at fixed, moderate severities
+with their own random parameters, used to measure the model under bin-camera conditions
+(``bin_camera_view`` applies a random combination of them).
+
+Images are RGB uint8 arrays. This training-only module uses OpenCV directly; the daemon's
+own image code is ``bin_daemon.preprocess``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from bin_daemon.preprocess import center_square, resize
+
+Rng = np.random.Generator
+
+
+def _clip(image: np.ndarray) -> np.ndarray:
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT_101)
+
+
+def white_balance(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    return _clip(image.astype(np.float32) * gains[None, None, :])
+
+
+def exposure(image: np.ndarray, gain: float, gamma: float) -> np.ndarray:
+    normalised = image.astype(np.float32) / 255.0
+    return _clip(255.0 * np.power(normalised, gamma) * gain)
+
+
+def sensor_noise(image: np.ndarray, sigma: float, rng: Rng) -> np.ndarray:
+    return _clip(image.astype(np.float32) + rng.normal(0.0, sigma, image.shape))
+
+
+def blur(image: np.ndarray, kernel: int, motion: bool, rng: Rng) -> np.ndarray:
+    if not motion:
+        return cv2.GaussianBlur(image, (kernel, kernel), 0)
+    line = np.zeros((kernel, kernel), np.float32)
+    line[kernel // 2, :] = 1.0 / kernel
+    line = cv2.warpAffine(
+        line,
+        cv2.getRotationMatrix2D((kernel / 2 - 0.5, kernel / 2 - 0.5), rng.uniform(0, 180), 1.0),
+        (kernel, kernel),
+    )
+    return cv2.filter2D(image, -1, line / max(line.sum(), 1e-6))
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else image
+
+
+def crop_box(image: np.ndarray, area: float, aspect: float, rng: Rng) -> np.ndarray:
+    """A random crop of ``area`` (fraction of the image) with the given aspect, anywhere."""
+    height, width = image.shape[:2]
+    crop_w = int(round(np.sqrt(area * height * width * aspect)))
+    crop_h = int(round(np.sqrt(area * height * width / aspect)))
+    crop_w, crop_h = min(crop_w, width), min(crop_h, height)
+    top = rng.integers(0, height - crop_h + 1)
+    left = rng.integers(0, width - crop_w + 1)
+    return image[top : top + crop_h, left : left + crop_w]
+
+
+def augment(image: np.ndarray, size: int, rng: Rng) -> np.ndarray:
+    """A random bin-camera view of a training image, as the model's (size, size, 3) input."""
+    square = center_square(image)
+    if rng.random() < 0.5:
+        square = square[:, ::-1]
+    square = np.rot90(square, k=int(rng.integers(0, 4)))
+    if rng.random() < 0.5:
+        square = rotate(np.ascontiguousarray(square), rng.uniform(-25, 25))
+    view = crop_box(square, rng.uniform(0.55, 1.0), np.exp(rng.uniform(-0.2, 0.2)), rng)
+    view = resize(np.ascontiguousarray(view), size)
+    if rng.random() < 0.6:
+        view = white_balance(view, rng.uniform(0.75, 1.25, 3).astype(np.float32))
+    if rng.random() < 0.6:
+        view = exposure(view, rng.uniform(0.55, 1.25), np.exp(rng.uniform(-0.35, 0.35)))
+    if rng.random() < 0.25:
+        view = blur(view, int(rng.choice([3, 5, 7])), bool(rng.random() < 0.5), rng)
+    if rng.random() < 0.35:
+        view = sensor_noise(view, rng.uniform(2, 14), rng)
+    if rng.random() < 0.3:
+        view = jpeg(view, int(rng.integers(25, 90)))
+    return np.ascontiguousarray(view)
+
+
+# Test-time corruptions: one effect each, moderate severity, parameters drawn per image.
+def _wb_off(img: np.ndarray, rng: Rng) -> np.ndarray:
+    warm = np.array([1.25, 1.0, 0.75], np.float32)
+    return white_balance(img, warm if rng.random() < 0.5 else warm[::-1].copy())
+
+
+def _low_light(img: np.ndarray, rng: Rng) -> np.ndarray:
+    return sensor_noise(exposure(img, rng.uniform(0.35, 0.5), 1.3), 6.0, rng)
+
+
+def _noise(img: np.ndarray, rng: Rng) -> np.ndarray:
+    return sensor_noise(img, 14.0, rng)
+
+
+def _blur(img: np.ndarray, rng: Rng) -> np.ndarray:
+    return blur(img, 9, bool(rng.random() < 0.5), rng)
+
+
+def _jpeg(img: np.ndarray, rng: Rng) -> np.ndarray:
+    return jpeg(img, 20)
+
+
+def _framing(img: np.ndarray, rng: Rng) -> np.ndarray:
+    square = rotate(np.ascontiguousarray(center_square(img)), rng.uniform(-40, 40))
+    return crop_box(square, 0.6, 1.0, rng)
+
+
+CORRUPTIONS: dict[str, Callable[[np.ndarray, Rng], np.ndarray]] = {
+    "white_balance": _wb_off,
+    "low_light": _low_light,
+    "noise": _noise,
+    "blur": _blur,
+    "jpeg": _jpeg,
+    "framing": _framing,
+}
+
+
+def bin_camera_view(image: np.ndarray, size: int, rng: Rng) -> np.ndarray:
+    """The test image as a bin camera might show it: framing plus two or three other effects."""
+    view = resize(np.ascontiguousarray(_framing(image, rng)), size)
+    names = [n for n in CORRUPTIONS if n != "framing"]
+    for name in rng.choice(names, size=int(rng.integers(2, 4)), replace=False):
+        view = CORRUPTIONS[name](view, rng)
+    return np.ascontiguousarray(view)
+
+
+def corrupted_view(image: np.ndarray, name: str, size: int, rng: Rng) -> np.ndarray:
+    """The test image with one named corruption, as the model's input."""
+    if name == "framing":
+        return np.ascontiguousarray(resize(np.ascontiguousarray(_framing(image, rng)), size))
+    base = resize(np.ascontiguousarray(center_square(image)), size)
+    return np.ascontiguousarray(CORRUPTIONS[name](base, rng))

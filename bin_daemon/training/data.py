@@ -1,0 +1,57 @@
+"""Images in memory for training: decoded once, shrunk once, served as augmented batches."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+
+from bin_daemon.preprocess import load_image, to_model_input
+from bin_daemon.training.camera_effects import augment
+from bin_daemon.training.split import Sample
+
+
+def shrink(image: np.ndarray, short_side: int) -> np.ndarray:
+    """Resize so the shorter side is ``short_side`` (never enlarges)."""
+    height, width = image.shape[:2]
+    scale = short_side / min(height, width)
+    if scale >= 1.0:
+        return image
+    size = (round(width * scale), round(height * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def load_for_training(root: Path, samples: list[Sample], short_side: int) -> list[np.ndarray]:
+    return [shrink(load_image(root / s.path), short_side) for s in samples]
+
+
+def load_model_inputs(root: Path, samples: list[Sample], size: int) -> np.ndarray:
+    """Exactly what the daemon feeds the model for each image: (N, size, size, 3) uint8."""
+    return np.stack([to_model_input(load_image(root / s.path), size) for s in samples])
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """One epoch = every training image once, each as a fresh random bin-camera view."""
+
+    def __init__(
+        self, images: list[np.ndarray], targets: np.ndarray, size: int, batch_size: int, seed: int
+    ):
+        super().__init__()
+        self.images, self.targets = images, targets
+        self.size, self.batch_size = size, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        x = np.stack([augment(self.images[i], self.size, self.rng) for i in chosen])
+        return x.astype(np.float32), self.targets[chosen]
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.images))

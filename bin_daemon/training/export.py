@@ -1,0 +1,57 @@
+"""Full-integer TFLite export: int8 weights and activations, uint8 pixels in, uint8 scores out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+
+def inference_model(features: keras.Model, head: layers.Layer, temperature: float) -> keras.Model:
+    """Pixels -> calibrated probabilities: softmax(logits / temperature)."""
+    logits = head(features.output)
+    scaled = layers.Rescaling(1.0 / temperature, name="temperature")(logits)
+    probabilities = layers.Softmax(name="probabilities")(scaled)
+    return keras.Model(features.input, probabilities, name="waste_classifier")
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """The converter prints a long 'Saved artifact' block straight to fd 1: hide it."""
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def to_int8_tflite(model: keras.Model, representative: np.ndarray) -> bytes:
+    """Convert with a representative set of model inputs (N, S, S, 3) uint8."""
+
+    def samples() -> Iterator[list[np.ndarray]]:
+        for image in representative:
+            yield [image[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = samples
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    with _quiet_stdout():
+        return converter.convert()
+
+
+def to_float_tflite(model: keras.Model) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    with _quiet_stdout():
+        return converter.convert()

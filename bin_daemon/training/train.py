@@ -1,0 +1,287 @@
+"""The training run: split, train, calibrate, export to full int8, evaluate, write the card.
+
+``bin-daemon train --data DIR --backbone efficientnet-lite0 --out models/`` runs it all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from bin_daemon.metrics import report
+from bin_daemon.training import calibration
+from bin_daemon.training.backbones import efficientnet_lite0, lite0_imagenet_weights
+from bin_daemon.training.camera_effects import CORRUPTIONS, augment, bin_camera_view, corrupted_view
+from bin_daemon.training.data import AugmentedBatches, load_for_training, load_model_inputs
+from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
+from bin_daemon.training.split import dataset_hash, scan_dataset, stratified_split, write_split
+from bin_daemon.training.tflite_eval import TFLiteModel
+
+MODEL_FILE = "waste_classifier.tflite"
+
+
+@dataclass
+class TrainSettings:
+    data: Path
+    out: Path
+    backbone: str = "efficientnet-lite0"
+    input_size: int = 224
+    seed: int = 20261124
+    batch_size: int = 32
+    head_epochs: int = 2
+    finetune_epochs: int = 18
+    head_lr: float = 1e-3
+    finetune_lr: float = 3e-4
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    patience: int = 5
+    dropout: float = 0.3
+    per_class_limit: int | None = None  # a tiny subset for the CI smoke test
+    target_accepted_accuracy: float = 0.98
+    representative_count: int = 300
+    threads: int = 2
+    command: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Progress(keras.callbacks.Callback):
+    """One line per epoch with the time the rest of the phase will take."""
+
+    def __init__(self, phase: str, epochs: int, log):
+        super().__init__()
+        self.phase, self.epochs, self.log = phase, epochs, log
+        self.started = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        elapsed = time.monotonic() - self.started
+        left = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
+        self.log(
+            f"{self.phase} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', 0):.3f} "
+            f"acc {logs.get('accuracy', 0):.3f} val_loss {logs.get('val_loss', 0):.3f} "
+            f"val_acc {logs.get('val_accuracy', 0):.3f}  ({elapsed:.0f} s, at most {left:.0f} s left)"
+        )
+
+
+def _log(message: str) -> None:
+    print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _class_weights(targets: np.ndarray, n_classes: int) -> dict[int, float]:
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    weights = np.sqrt(counts.max() / np.maximum(counts, 1))
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _subset(samples, limit: int | None):
+    if limit is None:
+        return samples
+    out, seen = [], {}
+    for s in samples:
+        key = (s.label, s.subset)
+        if seen.get(key, 0) < limit:
+            out.append(s)
+            seen[key] = seen.get(key, 0) + 1
+    return out
+
+
+def train(settings: TrainSettings) -> dict:
+    """Run everything and write the model folder; returns the card."""
+    started = time.monotonic()
+    keras.utils.set_random_seed(settings.seed)
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    size = settings.input_size
+
+    all_samples = scan_dataset(settings.data)
+    split = _subset(stratified_split(all_samples, settings.seed), settings.per_class_limit)
+    write_split(split, out / "split.csv")
+    labels = sorted({s.label for s in split})
+    index = {label: i for i, label in enumerate(labels)}
+    subsets = {name: [s for s in split if s.subset == name] for name in ("train", "val", "test")}
+    _log(
+        f"{len(split)} images, {len(labels)} classes: "
+        + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
+    )
+
+    train_images = load_for_training(settings.data, subsets["train"], short_side=round(size * 1.15))
+    y_train = np.array([index[s.label] for s in subsets["train"]])
+    x_val = load_model_inputs(settings.data, subsets["val"], size)
+    y_val = np.array([index[s.label] for s in subsets["val"]])
+    test_originals = [s for s in subsets["test"]]
+    x_test = load_model_inputs(settings.data, test_originals, size)
+    y_test = np.array([index[s.label] for s in test_originals])
+    _log(f"images decoded in {time.monotonic() - started:.0f} s")
+
+    if settings.backbone != "efficientnet-lite0":
+        raise ValueError(f"unknown backbone {settings.backbone!r} (supported: efficientnet-lite0)")
+    backbone = efficientnet_lite0(size, lite0_imagenet_weights())
+    head = keras.layers.Dense(len(labels), name="classes")
+    dropout = keras.layers.Dropout(settings.dropout, name="head_dropout")
+    logits = head(dropout(backbone.model.output))
+    model = keras.Model(backbone.model.input, logits)
+    loss = keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=settings.label_smoothing
+    )
+
+    def onehot(y):
+        return keras.utils.to_categorical(y, len(labels))
+
+    batches = AugmentedBatches(
+        train_images, onehot(y_train), size, settings.batch_size, settings.seed
+    )
+    val = (x_val.astype(np.float32), onehot(y_val))
+    class_weight = _class_weights(y_train, len(labels))
+
+    backbone.model.trainable = False
+    model.compile(keras.optimizers.Adam(settings.head_lr), loss, metrics=["accuracy"])
+    _log(f"phase 1: head only, {settings.head_epochs} epochs")
+    model.fit(
+        batches,
+        epochs=settings.head_epochs,
+        validation_data=val,
+        class_weight=class_weight,
+        verbose=0,
+        callbacks=[Progress("head", settings.head_epochs, _log)],
+    )
+
+    backbone.model.trainable = True
+    steps = len(batches) * settings.finetune_epochs
+    schedule = keras.optimizers.schedules.CosineDecay(
+        settings.finetune_lr, decay_steps=steps, alpha=0.02
+    )
+    model.compile(
+        keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay),
+        loss,
+        metrics=["accuracy"],
+    )
+    _log(f"phase 2: fine-tuning all layers, up to {settings.finetune_epochs} epochs")
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=settings.patience, restore_best_weights=True
+    )
+    history = model.fit(
+        batches,
+        epochs=settings.finetune_epochs,
+        validation_data=val,
+        class_weight=class_weight,
+        verbose=0,
+        callbacks=[stop, Progress("fine-tune", settings.finetune_epochs, _log)],
+    )
+    epochs_run = len(history.history["loss"])
+    train_seconds = time.monotonic() - started
+
+    val_logits = model.predict(x_val.astype(np.float32), verbose=0)
+    test_logits = model.predict(x_test.astype(np.float32), verbose=0)
+    temperature = calibration.fit_temperature(val_logits, y_val)
+    _log(
+        f"temperature {temperature:.3f} (val NLL {calibration.nll(val_logits, y_val, 1.0):.4f} -> "
+        f"{calibration.nll(val_logits, y_val, temperature):.4f})"
+    )
+
+    final = inference_model(backbone.model, head, temperature)
+    rng = np.random.default_rng(settings.seed + 1)
+    picks = rng.choice(
+        len(train_images), size=min(settings.representative_count, len(train_images)), replace=False
+    )
+    representative = np.stack(
+        [
+            augment(train_images[i], size, rng) if j % 2 else load_clean(train_images[i], size)
+            for j, i in enumerate(picks)
+        ]
+    )
+    int8_bytes = to_int8_tflite(final, representative)
+    float_bytes = to_float_tflite(final)
+    int8 = TFLiteModel(int8_bytes, settings.threads)
+    float_tfl = TFLiteModel(float_bytes, settings.threads)
+
+    val_probs = int8.predict(x_val)
+    threshold, curve = calibration.choose_threshold(
+        val_probs, y_val, settings.target_accepted_accuracy
+    )
+    test_int8 = int8.predict(x_test)
+    test_float = float_tfl.predict(x_test)
+    int8_report = report(labels, y_test, test_int8.argmax(1))
+    float_report = report(labels, y_test, test_float.argmax(1))
+    _log(
+        f"test: float {float_report.accuracy:.4f}, int8 {int8_report.accuracy:.4f}, "
+        f"macro-F1 {int8_report.macro_f1:.4f}, min recall {int8_report.min_recall:.3f}"
+    )
+
+    robustness = _robustness(int8, settings, test_originals, y_test, labels)
+    _log("bin-camera: " + ", ".join(f"{k} {v:.3f}" for k, v in robustness.items()))
+    int8_latency = int8.latency_ms(x_test[0])
+    float_latency = float_tfl.latency_ms(x_test[0])
+
+    (out / MODEL_FILE).write_bytes(int8_bytes)
+    (out / "labels.txt").write_text("\n".join(labels) + "\n")
+    results = {
+        "backbone": settings.backbone,
+        "labels": labels,
+        "input_size": size,
+        "temperature": temperature,
+        "unsure_threshold": threshold,
+        "coverage_curve": curve,
+        "test_int8": int8_report.as_dict(),
+        "test_float": float_report.as_dict(),
+        "test_int8_accepted": calibration.accepted_stats(test_int8, y_test, threshold),
+        "bin_camera": robustness,
+        "latency_ms": {
+            "int8_p50": int8_latency[0],
+            "int8_p95": int8_latency[1],
+            "float_p50": float_latency[0],
+            "float_p95": float_latency[1],
+            "threads": settings.threads,
+        },
+        "size_bytes": {"int8": len(int8_bytes), "float": len(float_bytes)},
+        "dataset": {
+            "root": str(settings.data),
+            "hash": dataset_hash(all_samples),
+            "images": len(all_samples),
+            "split_seed": settings.seed,
+            "split_file": "split.csv",
+            "counts": {k: len(v) for k, v in subsets.items()},
+        },
+        "training": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+            "finetune_epochs_run": epochs_run,
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(time.monotonic() - started, 1),
+        },
+    }
+    (out / "training_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _log(f"done in {time.monotonic() - started:.0f} s")
+    return results
+
+
+def load_clean(image: np.ndarray, size: int) -> np.ndarray:
+    from bin_daemon.preprocess import to_model_input
+
+    return to_model_input(image, size)
+
+
+def _robustness(
+    model: TFLiteModel, settings: TrainSettings, samples, y_true, labels
+) -> dict[str, float]:
+    """int8 accuracy on the test split under each corruption and the combined bin-camera view."""
+    from bin_daemon.preprocess import load_image
+
+    originals = [load_image(settings.data / s.path) for s in samples]
+    results = {}
+    for name in [*CORRUPTIONS, "bin_camera"]:
+        rng = np.random.default_rng(settings.seed + 7)
+        if name == "bin_camera":
+            views = np.stack([bin_camera_view(img, settings.input_size, rng) for img in originals])
+        else:
+            views = np.stack(
+                [corrupted_view(img, name, settings.input_size, rng) for img in originals]
+            )
+        results[name] = report(labels, y_true, model.predict(views).argmax(1)).accuracy
+    return results
