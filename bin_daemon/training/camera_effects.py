@@ -67,8 +67,8 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 def crop_box(image: np.ndarray, area: float, aspect: float, rng: Rng) -> np.ndarray:
     """A random crop of ``area`` (fraction of the image) with the given aspect, anywhere."""
     height, width = image.shape[:2]
-    crop_w = int(round(np.sqrt(area * height * width * aspect)))
-    crop_h = int(round(np.sqrt(area * height * width / aspect)))
+    crop_w = round(np.sqrt(area * height * width * aspect))
+    crop_h = round(np.sqrt(area * height * width / aspect))
     crop_w, crop_h = min(crop_w, width), min(crop_h, height)
     top = rng.integers(0, height - crop_h + 1)
     left = rng.integers(0, width - crop_w + 1)

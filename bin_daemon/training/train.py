@@ -179,7 +179,6 @@ def train(settings: TrainSettings) -> dict:
     train_seconds = time.monotonic() - started
 
     val_logits = model.predict(x_val.astype(np.float32), verbose=0)
-    test_logits = model.predict(x_test.astype(np.float32), verbose=0)
     temperature = calibration.fit_temperature(val_logits, y_val)
     _log(
         f"temperature {temperature:.3f} (val NLL {calibration.nll(val_logits, y_val, 1.0):.4f} -> "
