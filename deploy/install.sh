@@ -27,6 +27,7 @@ readonly ETC_DIR=/etc/bin-daemon
 readonly STATE_DIR=/var/lib/bin-daemon
 readonly MODEL_STORE=$STATE_DIR/models
 readonly UNIT_PATH=/etc/systemd/system/$SERVICE.service
+readonly COMMAND_LINK=/usr/local/bin/bin-daemon
 readonly FIRMWARE_CONFIG=/boot/firmware/config.txt
 readonly MARK_BEGIN="# >>> bin-daemon: managed by deploy/install.sh, removed by --uninstall >>>"
 readonly MARK_END="# <<< bin-daemon <<<"
@@ -166,6 +167,9 @@ install_program() {
   info "Program: venv $VENV_DIR (--system-site-packages), bin-daemon from $REPO_DIR"
   install -d -m 0755 "$(at "$OPT_DIR")"
   [[ ! -f $REPO_DIR/README.md ]] || install -m 0644 "$REPO_DIR/README.md" "$(at "$OPT_DIR/README.md")"
+  # 'bin-daemon' on the maintainer's PATH (sudo's secure_path has /usr/local/bin).
+  install -d -m 0755 "$(at "$(dirname "$COMMAND_LINK")")"
+  ln -sfn "$VENV_DIR/bin/bin-daemon" "$(at "$COMMAND_LINK")"
   if staging; then
     skip "python3 -m venv, pip install"
     return
@@ -368,6 +372,9 @@ do_uninstall() {
   rm -f "$(at "$UNIT_PATH")"
   staging || systemctl daemon-reload
   rm -rf "$(at "$OPT_DIR")"
+  if [[ -L $(at "$COMMAND_LINK") ]]; then
+    rm -f "$(at "$COMMAND_LINK")"
+  fi
   remove_firmware
   if ((PURGE)); then
     info "Purging $ETC_DIR and $STATE_DIR (config, models, spool, events)"

@@ -96,6 +96,8 @@ def test_lays_down_unit_config_state_and_program_dir(installed: Path) -> None:
     for sub in ("models", "spool", "events"):
         assert (installed / "var/lib/bin-daemon" / sub).is_dir()
     assert (installed / "opt/bin-daemon").is_dir()
+    link = installed / "usr/local/bin/bin-daemon"
+    assert os.readlink(link) == "/opt/bin-daemon/venv/bin/bin-daemon"
 
 
 def test_config_points_at_a_valid_store_path(installed: Path) -> None:
@@ -157,6 +159,7 @@ def test_uninstall_removes_unit_program_and_fragment_but_keeps_state(installed: 
     assert done.returncode == 0, done.stderr
     assert not (installed / "etc/systemd/system/bin-daemon.service").exists()
     assert not (installed / "opt/bin-daemon").exists()
+    assert not (installed / "usr/local/bin/bin-daemon").is_symlink()
     assert (installed / "boot/firmware/config.txt").read_text() == PI_CONFIG_TXT
     assert (installed / "etc/bin-daemon/config.yaml").is_file()
     assert (installed / "var/lib/bin-daemon/spool/item.jpg").is_file()
