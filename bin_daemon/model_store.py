@@ -276,10 +276,11 @@ def self_test(
     except OSError as error:
         raise ModelError(f"self-test: cannot run {command[0]} ({error})") from error
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        last = last.removeprefix("bin-daemon: ").removeprefix("error: ")
         raise ModelError(
-            f"self-test: the classifier {_describe_exit(done.returncode)} on the new model "
-            f"({last}); the current model is unchanged"
+            f"self-test: the classifier failed on the new model ({_describe_exit(done.returncode)}"
+            f": {last}); the current model is unchanged"
         )
     try:
         answers = json.loads(done.stdout)

@@ -209,8 +209,8 @@ def test_rollback_without_previous_is_one_clear_error(tmp_path: Path, store: Mod
     ("payload", "message"),
     [
         (b"WRONG", r"got 1 of 6 golden images right, at least 5 needed"),
-        (b"CRASH", r"killed by SIGABRT"),
-        (b"BROKEN", r"exit status 1 .*float32 is not supported"),
+        (b"CRASH", r"failed on the new model \(killed by SIGABRT"),
+        (b"BROKEN", r"\(exit status 1: ValueError: .*float32 is not supported\)"),
     ],
 )
 def test_failed_self_test_leaves_current_untouched(
@@ -304,3 +304,47 @@ def test_shipped_model_installs_with_the_real_self_test(tmp_path: Path) -> None:
     result = ModelStore(tmp_path / "store").install(source)
     assert result.self_test is not None
     assert result.self_test.correct >= load_golden().min_correct
+
+
+# ------------------------------------------- the real 'classify' in the child process
+
+FIXTURES = REPO / "tests" / "data" / "models"
+
+
+def _fixture_model(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    body = (FIXTURES / f"{name}.tflite").read_bytes()
+    (folder / MODEL_FILE).write_bytes(body)
+    (folder / LABELS_FILE).write_text("\n".join(LABELS) + "\n")
+    card = {
+        "model_file": MODEL_FILE,
+        "version": name,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "labels": LABELS,
+        "input": {"size": 32},
+        "unsure_threshold": 0.5,
+    }
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder
+
+
+@pytest.mark.skipif(
+    not (FIXTURES / "tiny_uint8_32px.tflite").is_file() or not _real_classify_available(),
+    reason="needs the classifier's fixture models and the 'classify' command",
+)
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        # Random weights: a working model that gets the golden images wrong.
+        ("tiny_uint8_32px", r"got \d of 6 golden images right, at least 5 needed"),
+        # A float model: the classifier refuses it, the child exits 1.
+        ("tiny_float_32px", r"\(exit status 1: .*input type float32"),
+    ],
+)
+def test_real_classify_child_rejects_a_bad_model(tmp_path: Path, name: str, message: str) -> None:
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(ModelError, match=message):
+        store.install(_fixture_model(tmp_path, name))
+    assert current_name(store) is None
+    assert [p.name for p in store.root.iterdir()] == [".lock"]
