@@ -1,0 +1,318 @@
+"""The waste classifier: an int8 TFLite model loaded once. The only module importing an interpreter.
+
+A model is a folder with ``waste_classifier.tflite`` (the card's ``model_file``),
+``labels.txt`` and ``model_card.json``. Loading checks everything it can before the first
+frame and refuses with one :class:`ModelError` line naming the file and what was expected.
+Pixels reach the model through :func:`bin_daemon.preprocess.to_model_input`, exactly as in
+training; the model's input is raw RGB pixels 0..255 (normalisation is inside the model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bin_daemon import preprocess
+from bin_daemon.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "waste_classifier.tflite"
+LABELS_FILE = "labels.txt"
+CARD_FILE = "model_card.json"
+TFLITE_MAGIC = b"TFL3"
+TOP_K = 3
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+    top: list[tuple[str, float]]
+    """The best TOP_K (label, probability) pairs, most probable first."""
+    scores: np.ndarray
+    """All probabilities (float), in label order."""
+
+
+def load_interpreter_class() -> tuple[type, str]:
+    """The TFLite Interpreter class: ai-edge-litert first, tflite-runtime as the fallback."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+
+        return Interpreter, "tflite-runtime"
+    except ImportError as error:
+        raise ModelError(
+            "no TFLite interpreter: install ai-edge-litert (64-bit OS) or tflite-runtime"
+        ) from error
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def quantize(values: np.ndarray, quantization: tuple[float, int], dtype: Any) -> np.ndarray:
+    """Real values -> the tensor's integer type: ``round(x / scale + zero_point)``, clipped.
+
+    A tensor without quantisation parameters (scale 0) takes the values as they are.
+    """
+    scale, zero_point = quantization
+    info = np.iinfo(dtype)
+    if scale == 0:
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    q = np.rint(values.astype(np.float64) / scale + zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
+    """The tensor's integers -> real values: ``scale * (q - zero_point)`` (as pycoral does)."""
+    scale, zero_point = quantization
+    if scale == 0 or not np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.float64)
+    return scale * (values.astype(np.int64) - zero_point)
+
+
+class Classifier:
+    """One loaded model. ``classify(rgb)`` is cheap; construction does the checking."""
+
+    def __init__(
+        self,
+        *,
+        interpreter: Any,
+        labels: list[str],
+        card: dict[str, Any],
+        model_path: Path,
+        sha256: str,
+        runtime: str,
+    ) -> None:
+        self._interpreter = interpreter
+        self.labels = labels
+        self.card = card
+        self.model_path = model_path
+        self.sha256 = sha256
+        self.runtime = runtime
+        self.version = str(card.get("version", "unknown"))
+        threshold = card.get("unsure_threshold")
+        self.card_unsure_threshold = float(threshold) if threshold is not None else None
+        inp = interpreter.get_input_details()[0]
+        out = interpreter.get_output_details()[0]
+        self._input_index = inp["index"]
+        self._input_dtype = inp["dtype"]
+        self._input_q = tuple(inp["quantization"])
+        self._output_index = out["index"]
+        self._output_q = tuple(out["quantization"])
+        self.input_size = int(inp["shape"][1])
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, model_dir: str | Path, *, num_threads: int = 2, on_sha256_mismatch: str = "refuse"
+    ) -> Classifier:
+        """Load and check the model in ``model_dir`` (a symlink such as ``current`` is resolved)."""
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+        if on_sha256_mismatch not in ("refuse", "warn"):
+            raise ValueError(
+                f"on_sha256_mismatch must be 'refuse' or 'warn', got {on_sha256_mismatch!r}"
+            )
+        folder = Path(model_dir)
+        if not folder.is_dir():
+            raise ModelError(
+                f"{folder}: model folder not found (expected {MODEL_FILE}, "
+                f"{LABELS_FILE} and {CARD_FILE} in it)"
+            )
+        folder = folder.resolve()
+        card = _read_card(folder / CARD_FILE)
+        model_path = folder / str(card.get("model_file") or MODEL_FILE)
+        labels = _read_labels(folder / LABELS_FILE)
+        card_labels = card.get("labels")
+        if card_labels is not None and list(card_labels) != labels:
+            raise ModelError(
+                f"{folder / LABELS_FILE}: labels {labels} differ from the card's {card_labels}"
+            )
+        data = _read_model_bytes(model_path)
+        sha256 = hashlib.sha256(data).hexdigest()
+        expected = str(card.get("sha256", "")).lower()
+        if expected != sha256:
+            message = (
+                f"{model_path}: sha256 {sha256[:12]}... does not match the card's "
+                f"{expected[:12] or '(none)'}... ({folder / CARD_FILE})"
+            )
+            if on_sha256_mismatch == "refuse":
+                raise ModelError(message + "; refusing a model its card does not describe")
+            log.warning("%s; using it anyway (model.on_sha256_mismatch: warn)", message)
+        interpreter_class, runtime = load_interpreter_class()
+        try:
+            with _filtered_stderr(_XNNPACK_NOTICE):
+                interpreter = interpreter_class(model_path=str(model_path), num_threads=num_threads)
+                interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(f"{model_path}: the interpreter cannot load it ({error})") from error
+        _check_tensors(interpreter, model_path, labels, card)
+        classifier = cls(
+            interpreter=interpreter,
+            labels=labels,
+            card=card,
+            model_path=model_path,
+            sha256=sha256,
+            runtime=runtime,
+        )
+        log.debug("loaded %s (%s, %d threads)", model_path, runtime, num_threads)
+        return classifier
+
+    # -- inference -------------------------------------------------------------------------
+
+    def classify(self, rgb: np.ndarray) -> Prediction:
+        """Label one RGB uint8 image of any size (it is cropped and resized like in training)."""
+        pixels = preprocess.to_model_input(rgb, self.input_size)
+        tensor = quantize(pixels.astype(np.float32), self._input_q, self._input_dtype)
+        self._interpreter.set_tensor(self._input_index, tensor[np.newaxis])
+        self._interpreter.invoke()
+        raw = self._interpreter.get_tensor(self._output_index)[0]
+        scores = dequantize(raw, self._output_q)
+        order = np.argsort(-scores, kind="stable")
+        top = [(self.labels[i], float(scores[i])) for i in order[:TOP_K]]
+        return Prediction(label=top[0][0], confidence=top[0][1], top=top, scores=scores)
+
+
+_XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def _filtered_stderr(drop: bytes) -> Iterator[None]:
+    """Hide one known, harmless line the interpreter's C++ code writes to stderr (fd 2).
+
+    Everything else it writes is passed on when the block ends. If the process dies inside
+    the block, its exit status still tells (see TOOLCHAIN.md on aborting models).
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            rest = [line for line in capture.read().splitlines(keepends=True) if drop not in line]
+            if rest:
+                os.write(2, b"".join(rest))
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"{path}: model card missing (every model folder has a {CARD_FILE})")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: model card is not valid JSON ({error})") from error
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: model card must be a JSON object")
+    threshold = card.get("unsure_threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0 <= threshold <= 1
+    ):
+        raise ModelError(
+            f"{path}: unsure_threshold must be a number from 0 to 1, got {threshold!r}"
+        )
+    return card
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ModelError(f"{path}: labels file missing (one label per line)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelError(f"{path}: cannot read labels ({error})") from error
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise ModelError(f"{path}: no labels in it (expected one label per line)")
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"{path}: a label is listed twice")
+    return labels
+
+
+def _read_model_bytes(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file missing") from None
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read the model ({error.strerror or error})") from error
+    if len(data) < 8 or data[4:8] != TFLITE_MAGIC:
+        raise ModelError(f"{path}: not a TFLite model (no '{TFLITE_MAGIC.decode()}' at byte 4)")
+    return data
+
+
+def _check_tensors(interpreter: Any, path: Path, labels: list[str], card: dict[str, Any]) -> None:
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(
+            f"{path}: expected 1 input and 1 output tensor, found {len(inputs)} and {len(outputs)}"
+        )
+    inp, out = inputs[0], outputs[0]
+    shape = tuple(int(d) for d in inp["shape"])
+    card_size = (card.get("input") or {}).get("size")
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] != shape[2]:
+        raise ModelError(f"{path}: input shape {shape}, expected (1, S, S, 3) RGB")
+    if isinstance(card_size, int) and shape[1] != card_size:
+        raise ModelError(
+            f"{path}: input is {shape[1]}x{shape[2]} but its card says {card_size}x{card_size}"
+        )
+    if inp["dtype"] not in (np.uint8, np.int8):
+        raise ModelError(
+            f"{path}: input type {np.dtype(inp['dtype']).name}, expected uint8 or int8 "
+            "(a full-integer quantised model)"
+        )
+    scale, zero_point = inp["quantization"]
+    if scale:
+        info = np.iinfo(inp["dtype"])
+        low, high = scale * (info.min - zero_point), scale * (info.max - zero_point)
+        if low > 0.5 or high < 254.5:
+            raise ModelError(
+                f"{path}: input quantisation (scale {scale:.6g}, zero point {zero_point}) covers "
+                f"{low:.3g}..{high:.3g}, expected raw pixels 0..255 (normalisation inside the model)"
+            )
+    out_shape = tuple(int(d) for d in out["shape"])
+    if len(out_shape) != 2 or out_shape[0] != 1:
+        raise ModelError(f"{path}: output shape {out_shape}, expected (1, N)")
+    if out_shape[1] != len(labels):
+        raise ModelError(
+            f"{path}: the model outputs {out_shape[1]} scores but {LABELS_FILE} has "
+            f"{len(labels)} labels"
+        )
+    if out["dtype"] not in (np.uint8, np.int8, np.float32):
+        raise ModelError(
+            f"{path}: output type {np.dtype(out['dtype']).name}, expected uint8, int8 or float32"
+        )

@@ -1,0 +1,326 @@
+"""``bin-daemon``: the command line. Thin: parse, call, print; errors as one line, no traceback.
+
+Exit status: 0 success, 1 an error (model, image, hardware), 2 a usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bin_daemon import __version__
+from bin_daemon.errors import BinDaemonError, ConfigError, ImageError
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return value
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help="config file (default: the bundled one)"
+    )
+
+
+def _add_hardware(parser: argparse.ArgumentParser, default: str = "pi") -> None:
+    parser.add_argument(
+        "--hardware",
+        choices=("pi", "fake"),
+        default=default,
+        help=f"real GPIO and camera, or mock pins and images (default: {default})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bin-daemon",
+        description="The smart bin: sense an item, photograph it, classify it, open its lid.",
+    )
+    parser.add_argument("--version", action="version", version=f"bin-daemon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the sorting loop (what the service runs)")
+    _add_config(run)
+    _add_hardware(run)
+    run.add_argument(
+        "--images", type=Path, metavar="DIR", help="fake camera: serve these images (by name)"
+    )
+    run.add_argument(
+        "--max-items", type=_positive_int, metavar="N", help="stop after N items (default: never)"
+    )
+    run.add_argument(
+        "--events", type=Path, metavar="PATH", help="append each item's event as a JSON line"
+    )
+    run.add_argument(
+        "--realtime",
+        action="store_true",
+        help="fake hardware: really wait the hold and cool-down times (default: simulated)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file (and the model's labels)")
+    _add_config(check)
+    check.add_argument(
+        "--print-default", action="store_true", help="print the bundled, commented config"
+    )
+    check.set_defaults(func=cmd_check_config)
+
+    classify = sub.add_parser("classify", help="classify image files with the model")
+    classify.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    classify.add_argument(
+        "--model", type=Path, metavar="PATH", help="model folder (default: the config's model)"
+    )
+    _add_config(classify)
+    classify.add_argument("--json", action="store_true", help="print a JSON list, one per image")
+    classify.set_defaults(func=cmd_classify)
+
+    lid = sub.add_parser("lid", help="move one bin's lid (calibration)")
+    lid.add_argument("bin", metavar="BIN", help="bin name from the config")
+    lid.add_argument(
+        "position", metavar="open|close|ANGLE", help="open, close or an angle in degrees"
+    )
+    _add_config(lid)
+    _add_hardware(lid)
+    lid.set_defaults(func=cmd_lid)
+
+    sensor = sub.add_parser("sensor", help="print live proximity sensor readings (calibration)")
+    _add_config(sensor)
+    _add_hardware(sensor)
+    sensor.add_argument(
+        "--count", type=_positive_int, metavar="N", help="stop after N readings (default: Ctrl-C)"
+    )
+    sensor.add_argument(
+        "--interval-s", type=_positive_float, default=0.5, metavar="S", help="between readings"
+    )
+    sensor.set_defaults(func=cmd_sensor)
+
+    # --- model store commands (bin_daemon/cli_model.py, owned by the Pi-install work) -----
+    # Registered here when the module exists; the CLI works without it.
+    try:
+        from bin_daemon import cli_model
+    except ImportError:
+        cli_model = None
+    if cli_model is not None:
+        cli_model.add_parser(sub)
+    # --------------------------------------------------------------------------------------
+    return parser
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bin_daemon.service import RunOptions, run
+
+    if args.hardware == "fake" and args.images is None:
+        raise UsageError("run --hardware fake needs --images DIR")
+    if args.hardware == "pi" and (args.images is not None or args.realtime):
+        raise UsageError("--images and --realtime go with --hardware fake")
+    options = RunOptions(
+        config_path=args.config,
+        hardware=args.hardware,
+        images=args.images,
+        max_items=args.max_items,
+        events_path=args.events,
+        realtime=args.realtime,
+    )
+    return run(options)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from bin_daemon import config as config_module
+    from bin_daemon.classifier import LABELS_FILE
+    from bin_daemon.paths import shipped_models_dir
+
+    if args.print_default:
+        sys.stdout.write(config_module.default_config_text())
+        return 0
+    config = config_module.load_config(args.config)
+    model_dir = config.model_dir() or shipped_models_dir()
+    labels_path = model_dir / LABELS_FILE
+    notes = []
+    if labels_path.is_file():
+        labels = [
+            x.strip() for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip()
+        ]
+        notes = config.check_labels(labels)
+    else:
+        notes = [f"{labels_path}: not found, the bins' labels were not checked against the model"]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    sensor = config.sensor
+    sensor_text = (
+        f"IR on GPIO{sensor.gpio}"
+        if sensor.type == "ir"
+        else f"HC-SR04 (trigger GPIO{sensor.trigger_gpio}, echo GPIO{sensor.echo_gpio}, "
+        f"< {sensor.trigger_distance_m} m)"
+    )
+    bins = ", ".join(f"{name} (GPIO{b.servo_gpio})" for name, b in config.bins.items())
+    print(f"{config.source}: OK: sensor {sensor_text}; bins {bins}; fallback {config.fallback_bin}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from bin_daemon.config import load_config
+    from bin_daemon.preprocess import load_image
+    from bin_daemon.service import load_classifier
+
+    if args.model is not None:
+        from bin_daemon.classifier import Classifier
+
+        classifier = Classifier.load(args.model, num_threads=2)
+    else:
+        classifier = load_classifier(load_config(args.config))
+    threshold = classifier.card_unsure_threshold or 0.0
+    results = []
+    failed = 0
+    for path in args.images:
+        try:
+            prediction = classifier.classify(load_image(path))
+        except ImageError as error:
+            failed += 1
+            results.append({"image": str(path), "label": None, "error": str(error)})
+            if not args.json:
+                print(f"bin-daemon: error: {error}", file=sys.stderr)
+            continue
+        result = {
+            "image": str(path),
+            "label": prediction.label,
+            "confidence": round(prediction.confidence, 4),
+            "unsure": prediction.confidence < threshold,
+            "top": [{"label": name, "score": round(score, 4)} for name, score in prediction.top],
+        }
+        results.append(result)
+        if not args.json:
+            others = ", ".join(f"{name} {score:.2f}" for name, score in prediction.top[1:])
+            mark = "  (unsure)" if result["unsure"] else ""
+            print(f"{path}: {prediction.label} {prediction.confidence:.2f}{mark}  [{others}]")
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return EXIT_ERROR if failed else 0
+
+
+def cmd_lid(args: argparse.Namespace) -> int:
+    from bin_daemon.config import load_config
+    from bin_daemon.hardware import build_hardware
+    from bin_daemon.hardware.clock import SystemClock
+    from bin_daemon.hardware.fakes import FakeClock
+
+    config = load_config(args.config)
+    if args.bin not in config.bins:
+        raise UsageError(f"no bin '{args.bin}' in {config.source} (bins: {', '.join(config.bins)})")
+    bin_ = config.bins[args.bin]
+    position = args.position.lower()
+    if position not in ("open", "close"):
+        try:
+            angle = float(position)
+        except ValueError:
+            raise UsageError(
+                f"position must be open, close or an angle, not {args.position!r}"
+            ) from None
+        low, high = sorted((bin_.min_angle_deg, bin_.max_angle_deg))
+        if not low <= angle <= high:
+            raise UsageError(f"angle {angle:g} is outside the servo's {low:g}..{high:g} degrees")
+    clock = FakeClock() if args.hardware == "fake" else SystemClock()
+    hardware = build_hardware(config, args.hardware, clock=clock, camera=False)
+    try:
+        lid = hardware.lids[args.bin]
+        if position == "open":
+            lid.open()
+            angle = bin_.open_angle_deg
+        elif position == "close":
+            lid.close()
+            angle = bin_.closed_angle_deg
+        else:
+            lid.move_to(angle)  # type: ignore[attr-defined]
+        pulse = getattr(lid, "pin", None)
+        duty = f", PWM duty {pulse.state:.4f}" if pulse is not None else ""
+        clock.sleep(config.timing.lid_move_s)
+        lid.detach()
+        print(
+            f"lid {args.bin}: moved to {angle:g} deg (GPIO{bin_.servo_gpio}{duty}), then detached"
+        )
+    finally:
+        hardware.close()
+    return 0
+
+
+def cmd_sensor(args: argparse.Namespace) -> int:
+    from bin_daemon.config import load_config
+    from bin_daemon.hardware import build_hardware
+    from bin_daemon.hardware.clock import SystemClock
+    from bin_daemon.hardware.fakes import FakeClock
+
+    config = load_config(args.config)
+    fake = args.hardware == "fake"
+    clock = FakeClock() if fake else SystemClock()
+    count = args.count if args.count is not None else (5 if fake else None)
+    hardware = build_hardware(config, args.hardware, clock=clock, camera=False, lids=False)
+    try:
+        n = 0
+        start = clock.monotonic()
+        while count is None or n < count:
+            print(f"{clock.monotonic() - start:7.2f} s  {hardware.sensor.describe()}", flush=True)
+            n += 1
+            if count is None or n < count:
+                clock.sleep(args.interval_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hardware.close()
+    return 0
+
+
+# --- entry -------------------------------------------------------------------------------
+
+
+class UsageError(BinDaemonError):
+    """A wrong combination of arguments (exit status 2, like argparse)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        from bin_daemon.journal import setup_logging
+
+        setup_logging("info")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UsageError) as error:
+        print(f"bin-daemon: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BinDaemonError as error:
+        print(f"bin-daemon: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The daemon's configuration: one YAML file, validated by pydantic.
+
+Every key is described (``check-config --print-default`` prints the commented default), units
+are in the names, unknown keys are rejected, and every error names the file, the line and the
+key, e.g. ``/etc/bin-daemon/config.yaml:12: bins.recycling.servo_gpoi: unknown key``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from bin_daemon.errors import ConfigError
+from bin_daemon.paths import PACKAGE_DIR
+
+DEFAULT_CONFIG_PATH = PACKAGE_DIR / "default_config.yaml"
+
+GpioPin = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number (0-27)")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    dir: Path | None = Field(
+        None,
+        description="Model directory (waste_classifier.tflite, labels.txt, model_card.json); "
+        "null = the model shipped with the package. A relative path is taken from the "
+        "config file's folder.",
+    )
+    num_threads: int = Field(2, ge=1, le=16, description="Interpreter threads")
+    unsure_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Below this confidence the item is 'unsure' and goes to the fallback bin; "
+        "null = the threshold in the model card",
+    )
+    on_sha256_mismatch: Literal["refuse", "warn"] = Field(
+        "refuse", description="What to do when the model file does not match its card's sha256"
+    )
+
+
+class IrSensorConfig(_Section):
+    type: Literal["ir"] = Field(description="Infrared break-beam / reflective sensor")
+    gpio: GpioPin
+    active_low: bool = Field(
+        True, description="True when the sensor pulls its output low on an object"
+    )
+    pull_up: bool | None = Field(
+        None, description="Internal pull resistor: true=up, false=down, null=none (floating)"
+    )
+    debounce_s: float = Field(0.05, ge=0, le=5, description="Must stay active this long to count")
+
+    @model_validator(mode="after")
+    def _check(self) -> IrSensorConfig:
+        if self.pull_up is not None and self.pull_up != self.active_low:
+            raise ValueError(
+                f"pull_up: {str(self.pull_up).lower()} needs active_low: "
+                f"{str(self.pull_up).lower()} (a pulled-up input is active low)"
+            )
+        return self
+
+
+class UltrasonicSensorConfig(_Section):
+    type: Literal["hcsr04"] = Field(description="HC-SR04 ultrasonic distance sensor")
+    trigger_gpio: GpioPin
+    echo_gpio: GpioPin
+    trigger_distance_m: float = Field(
+        0.15, gt=0, le=4, description="An object nearer than this is an item on the flap"
+    )
+    max_distance_m: float = Field(1.0, gt=0, le=4, description="Readings are capped here")
+    debounce_s: float = Field(0.1, ge=0, le=5, description="Must stay active this long to count")
+
+    @model_validator(mode="after")
+    def _check(self) -> UltrasonicSensorConfig:
+        if self.trigger_distance_m >= self.max_distance_m:
+            raise ValueError(
+                f"trigger_distance_m ({self.trigger_distance_m}) must be less than "
+                f"max_distance_m ({self.max_distance_m})"
+            )
+        if self.trigger_gpio == self.echo_gpio:
+            raise ValueError("trigger_gpio and echo_gpio must be different pins")
+        return self
+
+
+SensorConfig = Annotated[IrSensorConfig | UltrasonicSensorConfig, Field(discriminator="type")]
+
+
+class CameraConfig(_Section):
+    width_px: int = Field(640, ge=64, le=4608, description="Preview stream width")
+    height_px: int = Field(480, ge=64, le=3456, description="Preview stream height")
+    capture_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Give up on a fresh frame after this long"
+    )
+    max_stale_frames: int = Field(
+        5, ge=1, le=100, description="Frames older than the trigger discarded before giving up"
+    )
+
+
+class BinConfig(_Section):
+    labels: list[str] = Field(default_factory=list, description="Model labels sorted into this bin")
+    servo_gpio: GpioPin
+    open_angle_deg: float = Field(90.0, description="Servo angle with the lid open")
+    closed_angle_deg: float = Field(0.0, description="Servo angle with the lid closed")
+    min_angle_deg: float = Field(0.0, description="Servo angle at min_pulse_width_s")
+    max_angle_deg: float = Field(180.0, description="Servo angle at max_pulse_width_s")
+    min_pulse_width_s: float = Field(0.0005, gt=0, lt=0.02, description="Pulse at min_angle_deg")
+    max_pulse_width_s: float = Field(0.0025, gt=0, lt=0.02, description="Pulse at max_angle_deg")
+
+    @model_validator(mode="after")
+    def _check(self) -> BinConfig:
+        if self.min_pulse_width_s >= self.max_pulse_width_s:
+            raise ValueError("min_pulse_width_s must be less than max_pulse_width_s")
+        low, high = sorted((self.min_angle_deg, self.max_angle_deg))
+        if low == high:
+            raise ValueError("min_angle_deg and max_angle_deg must differ")
+        for name in ("open_angle_deg", "closed_angle_deg"):
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be between {low:g} and {high:g} degrees")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("a label is listed twice")
+        return self
+
+
+class TimingConfig(_Section):
+    hold_open_s: float = Field(3.0, ge=0, le=60, description="Lid stays open this long")
+    lid_move_s: float = Field(
+        0.6, ge=0, le=5, description="Time a servo needs to reach its angle before it is detached"
+    )
+    cooldown_s: float = Field(1.0, ge=0, le=60, description="Pause after an item before re-arming")
+    poll_interval_s: float = Field(0.02, gt=0, le=1, description="How often the sensor is read")
+
+
+class SpoolConfig(_Section):
+    save: Literal["none", "unsure", "all"] = Field(
+        "unsure", description="Which items' frames are kept (with their event) for retraining"
+    )
+    dir: Path | None = Field(
+        None,
+        description="Spool folder; null = $STATE_DIRECTORY/spool under systemd, else "
+        "~/.local/state/bin-daemon/spool",
+    )
+    quota_mb: float = Field(200, gt=0, description="Oldest files are deleted beyond this size")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of saved frames")
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error"
+    )
+    journal: Literal["auto", "yes", "no"] = Field(
+        "auto", description="Structured journal records: auto = when running under systemd"
+    )
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sensor: SensorConfig = Field(description="The proximity sensor that detects an item")
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    bins: dict[str, BinConfig] = Field(min_length=1, description="Bins by name")
+    fallback_bin: str = Field(description="Bin for unsure items and labels not listed anywhere")
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    source: str = Field("<built-in>", exclude=True, description="Where this config was read")
+
+    def cross_check_errors(self) -> list[tuple[tuple[str, ...], str]]:
+        """Checks across sections, as (key path, message): bins, labels and pins."""
+        errors: list[tuple[tuple[str, ...], str]] = []
+        if self.fallback_bin not in self.bins:
+            errors.append(
+                (
+                    ("fallback_bin",),
+                    f"'{self.fallback_bin}' is not one of the bins ({', '.join(self.bins)})",
+                )
+            )
+        owner: dict[str, str] = {}
+        for name, bin_ in self.bins.items():
+            for index, label in enumerate(bin_.labels):
+                if label in owner:
+                    errors.append(
+                        (
+                            ("bins", name, "labels", index),
+                            f"label '{label}' is already in bin '{owner[label]}'",
+                        )
+                    )
+                owner.setdefault(label, name)
+        pins: dict[int, str] = {}
+        for where, pin in self.gpio_pins():
+            if pin in pins:
+                errors.append(
+                    (tuple(where.split(".")), f"GPIO {pin} is already used by {pins[pin]}")
+                )
+            pins.setdefault(pin, where)
+        return errors
+
+    def gpio_pins(self) -> list[tuple[str, int]]:
+        """Every (key, pin) the config uses."""
+        pins: list[tuple[str, int]] = []
+        if isinstance(self.sensor, IrSensorConfig):
+            pins.append(("sensor.gpio", self.sensor.gpio))
+        else:
+            pins += [
+                ("sensor.trigger_gpio", self.sensor.trigger_gpio),
+                ("sensor.echo_gpio", self.sensor.echo_gpio),
+            ]
+        pins += [(f"bins.{name}.servo_gpio", b.servo_gpio) for name, b in self.bins.items()]
+        return pins
+
+    def bin_for_label(self) -> dict[str, str]:
+        """label -> bin name, for every label listed in a bin."""
+        return {label: name for name, b in self.bins.items() for label in b.labels}
+
+    def check_labels(self, model_labels: Sequence[str]) -> list[str]:
+        """Check the bins against the labels a model can output.
+
+        A label listed in a bin that the model does not know (a typo) is an error; a model
+        label no bin lists goes to the fallback bin, returned as a warning line.
+        """
+        known = set(model_labels)
+        for name, b in self.bins.items():
+            unknown = [label for label in b.labels if label not in known]
+            if unknown:
+                raise ConfigError(
+                    f"{self.source}: bins.{name}.labels: {', '.join(map(repr, unknown))} "
+                    f"not among the model's labels ({', '.join(model_labels)})"
+                )
+        listed = self.bin_for_label()
+        return [
+            f"label '{label}' is in no bin: it goes to the fallback bin '{self.fallback_bin}'"
+            for label in model_labels
+            if label not in listed
+        ]
+
+    def model_dir(self) -> Path | None:
+        if self.model.dir is None or self.model.dir.is_absolute() or self.source.startswith("<"):
+            return self.model.dir
+        return Path(self.source).parent / self.model.dir
+
+    def spool_dir(self) -> Path:
+        if self.spool.dir is not None:
+            if self.spool.dir.is_absolute() or self.source.startswith("<"):
+                return self.spool.dir
+            return Path(self.source).parent / self.spool.dir
+        state = os.environ.get("STATE_DIRECTORY")
+        if state:
+            return Path(state.split(":")[0]) / "spool"
+        base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+        return Path(base) / "bin-daemon" / "spool"
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def default_config_text() -> str:
+    return DEFAULT_CONFIG_PATH.read_text(encoding="utf-8")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a config file (the bundled default when ``path`` is None)."""
+    if path is None:
+        return parse_config(default_config_text(), source=str(DEFAULT_CONFIG_PATH))
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file ({error})") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<string>") -> Config:
+    """Parse YAML text and validate it; every error is a ConfigError naming source:line."""
+    yaml = YAML(typ="rt")
+    try:
+        data = yaml.load(text)
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        what = error.problem or error.context or "invalid YAML"
+        raise ConfigError(f"{source}{line}: YAML syntax error: {what}") from None
+    except YAMLError as error:
+        raise ConfigError(f"{source}: YAML error: {error}") from None
+    if data is None:
+        data = CommentedMap()
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}:1: the config must be a mapping of keys, not {_kind(data)}")
+    try:
+        config = Config.model_validate({**_plain(data), "source": source})
+    except ValidationError as error:
+        raise ConfigError(_render(error, data, source)) from None
+    problems = config.cross_check_errors()
+    if problems:
+        lines = []
+        for loc, message in problems:
+            line, keys = _locate(data, loc)
+            lines.append(f"{source}:{line}: {_dotted(keys)}: {message}")
+        raise ConfigError("\n".join(lines))
+    return config
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__} value"
+
+
+def _render(error: ValidationError, data: CommentedMap, source: str) -> str:
+    """One line per pydantic error: ``file:line: dotted.key: message``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        line, keys = _locate(data, item["loc"])
+        key = _dotted(keys) or "(top level)"
+        lines.append(f"{source}:{line}: {key}: {_message(item)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _dotted(keys: list[str]) -> str:
+    return ".".join(keys).replace(".[", "[")
+
+
+def _message(item: Mapping[str, Any]) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        ctx = item.get("ctx", {})
+        return f"unknown type {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return "needs a 'type' key (ir or hcsr04)"
+    message = str(item["msg"]).removeprefix("Value error, ")
+    value = item.get("input")
+    if isinstance(value, str | int | float | bool) and not kind.startswith("value_error"):
+        message += f" (got {value!r})"
+    return message
+
+
+def _locate(data: Any, loc: Iterable[Any]) -> tuple[int, list[str]]:
+    """Map a pydantic error location to (1-based YAML line, the dotted key path)."""
+    node: Any = data
+    line = 1
+    keys: list[str] = []
+    loc = list(loc)
+    sensor = data.get("sensor")
+    if loc == ["sensor"] and isinstance(sensor, Mapping) and "type" in sensor:
+        loc.append("type")  # a bad sensor type: point at the type key itself
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            keys.append(str(part))
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            keys.append(f"[{part}]")
+            node = node[part]
+        elif isinstance(node, CommentedMap) and isinstance(part, str) and part in _TAGS:
+            continue  # a discriminated union's tag (e.g. 'ir') is not a key in the file
+        else:
+            keys.append(str(part))
+            node = None
+    return line, keys
+
+
+_TAGS = {"ir", "hcsr04"}

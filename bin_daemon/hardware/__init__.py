@@ -1,0 +1,139 @@
+"""The hardware behind the sorter: ``build_hardware(config, kind)`` for "pi" or "fake"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bin_daemon.config import BinConfig, Config, IrSensorConfig
+from bin_daemon.hardware.ports import Camera, Clock, Lid, ProximitySensor
+
+HardwareKind = Literal["pi", "fake"]
+
+
+@dataclass
+class Hardware:
+    sensor: ProximitySensor
+    camera: Camera | None
+    lids: dict[str, Lid]
+    pin_factory: Any = None
+    _closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release everything, in reverse order of creation (lids must be closed first)."""
+        errors = []
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception as error:  # keep releasing the rest
+                errors.append(error)
+        self._closers.clear()
+        if self.pin_factory is not None and hasattr(self.pin_factory, "close"):
+            self.pin_factory.close()
+        if errors:
+            raise errors[0]
+
+
+def build_lid(name: str, bin_: BinConfig, pin_factory: Any) -> Lid:
+    from bin_daemon.hardware.gpio import ServoLid
+
+    return ServoLid(
+        name,
+        gpio=bin_.servo_gpio,
+        open_angle_deg=bin_.open_angle_deg,
+        closed_angle_deg=bin_.closed_angle_deg,
+        min_angle_deg=bin_.min_angle_deg,
+        max_angle_deg=bin_.max_angle_deg,
+        min_pulse_width_s=bin_.min_pulse_width_s,
+        max_pulse_width_s=bin_.max_pulse_width_s,
+        pin_factory=pin_factory,
+    )
+
+
+def build_hardware(
+    config: Config,
+    kind: HardwareKind,
+    *,
+    clock: Clock,
+    images: Path | None = None,
+    max_items: int | None = None,
+    camera: bool = True,
+    lids: bool = True,
+) -> Hardware:
+    """The sensor, camera and lids for ``kind``.
+
+    "pi": gpiozero on the Pi's GPIO and picamera2. "fake": the same gpiozero adapters on
+    mock pins (an IR-style input driven by an :class:`ItemFeed`: one item per image) and a
+    camera serving ``images``.
+    """
+    from bin_daemon.hardware import gpio
+
+    hw = Hardware(sensor=None, camera=None, lids={})  # type: ignore[arg-type]
+    try:
+        if kind == "pi":
+            hw.pin_factory = None  # gpiozero's default factory for this Pi
+            hw.sensor = _pi_sensor(config, None)
+        else:
+            from bin_daemon.hardware.fakes import ItemFeed
+
+            hw.pin_factory = gpio.mock_pin_factory()
+            pin = (
+                config.sensor.gpio
+                if isinstance(config.sensor, IrSensorConfig)
+                else config.sensor.trigger_gpio
+            )
+            raw = gpio.IrSensor(gpio=pin, active_low=True, pin_factory=hw.pin_factory)
+            raw.drive(False)  # an empty flap
+            hw.sensor = ItemFeed(raw, max_items=max_items) if camera else raw
+        hw._closers.append(hw.sensor.close)
+        if camera:
+            hw.camera = _camera(config, kind, clock, images)
+            hw._closers.append(hw.camera.close)
+        if lids:
+            for name, bin_ in config.bins.items():
+                lid = build_lid(name, bin_, hw.pin_factory)
+                hw._closers.append(lid.shutdown)
+                if kind == "fake" and hasattr(hw.sensor, "watch"):
+                    lid = hw.sensor.watch(lid)  # the item falls when a lid opens
+                hw.lids[name] = lid
+    except BaseException:
+        hw.close()
+        raise
+    return hw
+
+
+def _pi_sensor(config: Config, pin_factory: Any) -> ProximitySensor:
+    from bin_daemon.hardware import gpio
+
+    s = config.sensor
+    if isinstance(s, IrSensorConfig):
+        return gpio.IrSensor(
+            gpio=s.gpio, active_low=s.active_low, pull_up=s.pull_up, pin_factory=pin_factory
+        )
+    return gpio.UltrasonicSensor(
+        trigger_gpio=s.trigger_gpio,
+        echo_gpio=s.echo_gpio,
+        trigger_distance_m=s.trigger_distance_m,
+        max_distance_m=s.max_distance_m,
+        pin_factory=pin_factory,
+    )
+
+
+def _camera(config: Config, kind: HardwareKind, clock: Clock, images: Path | None) -> Camera:
+    if kind == "fake":
+        from bin_daemon.errors import HardwareError
+        from bin_daemon.hardware.fakes import FakeCamera
+
+        if images is None:
+            raise HardwareError("--hardware fake needs --images DIR (a folder of images)")
+        return FakeCamera(images, clock=clock.monotonic)
+    from bin_daemon.hardware.picamera import PiCamera
+
+    c = config.camera
+    return PiCamera(
+        width_px=c.width_px,
+        height_px=c.height_px,
+        capture_timeout_s=c.capture_timeout_s,
+        max_stale_frames=c.max_stale_frames,
+    )

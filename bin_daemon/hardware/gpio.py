@@ -1,0 +1,225 @@
+"""gpiozero adapters: servo lids and proximity sensors. The only module importing gpiozero.
+
+Every device is built with an explicit ``pin_factory`` (None = gpiozero's default on a Pi;
+:func:`mock_pin_factory` for fake hardware and tests), never by changing
+``Device.pin_factory`` for the whole process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from gpiozero import AngularServo, DigitalInputDevice, DistanceSensor
+from gpiozero.exc import GPIOZeroError, PWMSoftwareFallback
+from gpiozero.pins.mock import MockFactory, MockPWMPin, MockTriggerPin
+
+from bin_daemon.errors import HardwareError
+
+
+def mock_pin_factory() -> MockFactory:
+    """gpiozero's mock pins, with PWM support (needed by servos)."""
+    return MockFactory(pin_class=MockPWMPin)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+class ServoLid:
+    """A bin lid on a hobby servo (gpiozero ``AngularServo``)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        gpio: int,
+        open_angle_deg: float,
+        closed_angle_deg: float,
+        min_angle_deg: float = 0.0,
+        max_angle_deg: float = 180.0,
+        min_pulse_width_s: float = 0.0005,
+        max_pulse_width_s: float = 0.0025,
+        frame_width_s: float = 0.02,
+        pin_factory: Any = None,
+    ) -> None:
+        _check_positive("min_pulse_width_s", min_pulse_width_s)
+        if not min_pulse_width_s < max_pulse_width_s < frame_width_s:
+            raise ValueError(
+                "pulse widths must satisfy 0 < min_pulse_width_s < max_pulse_width_s < "
+                f"frame_width_s, got {min_pulse_width_s}, {max_pulse_width_s}, {frame_width_s}"
+            )
+        low, high = sorted((min_angle_deg, max_angle_deg))
+        for label, angle in (
+            ("open_angle_deg", open_angle_deg),
+            ("closed_angle_deg", closed_angle_deg),
+        ):
+            if not low <= angle <= high:
+                raise ValueError(f"{label} must be within {low:g}..{high:g} degrees, got {angle!r}")
+        self.name = name
+        self.open_angle_deg = open_angle_deg
+        self.closed_angle_deg = closed_angle_deg
+        self._is_open = False
+        try:
+            with warnings.catch_warnings():
+                # Software PWM is fine for a lid; the warning is logged once by the service.
+                warnings.simplefilter("ignore", PWMSoftwareFallback)
+                self._servo = AngularServo(
+                    gpio,
+                    initial_angle=None,  # detached until the sorter drives it closed
+                    min_angle=min_angle_deg,
+                    max_angle=max_angle_deg,
+                    min_pulse_width=min_pulse_width_s,
+                    max_pulse_width=max_pulse_width_s,
+                    frame_width=frame_width_s,
+                    pin_factory=pin_factory,
+                )
+        except (GPIOZeroError, OSError) as error:
+            raise HardwareError(
+                f"lid '{name}': cannot set up the servo on GPIO{gpio}: {error}"
+            ) from error
+
+    @property
+    def is_open(self) -> bool:
+        return self._is_open
+
+    @property
+    def pin(self) -> Any:
+        """The gpiozero pin (its ``state`` is the PWM duty cycle; 0 when detached)."""
+        return self._servo.pwm_device.pin
+
+    def open(self) -> None:
+        self._servo.angle = self.open_angle_deg
+        self._is_open = True
+
+    def close(self) -> None:
+        self._servo.angle = self.closed_angle_deg
+        self._is_open = False
+
+    def move_to(self, angle_deg: float) -> None:
+        """Any angle (calibration). Leaves ``is_open`` True unless it is the closed angle."""
+        self._servo.angle = angle_deg
+        self._is_open = angle_deg != self.closed_angle_deg
+
+    def detach(self) -> None:
+        self._servo.detach()
+
+    def shutdown(self) -> None:
+        self._servo.close()
+
+
+class IrSensor:
+    """An IR obstacle / break-beam module on one digital input (``DigitalInputDevice``)."""
+
+    def __init__(
+        self,
+        *,
+        gpio: int,
+        active_low: bool = True,
+        pull_up: bool | None = None,
+        pin_factory: Any = None,
+    ) -> None:
+        if pull_up is not None and pull_up != active_low:
+            # gpiozero derives the active state from the pull: pull-up means active-low.
+            raise ValueError(
+                f"pull_up={pull_up} needs active_low={pull_up} (a pulled-up input is active low)"
+            )
+        try:
+            self._device = DigitalInputDevice(
+                gpio,
+                pull_up=pull_up,
+                active_state=None if pull_up is not None else not active_low,
+                pin_factory=pin_factory,
+            )
+        except (GPIOZeroError, OSError) as error:
+            raise HardwareError(f"IR sensor: cannot set up GPIO{gpio}: {error}") from error
+        self._active_low = active_low
+
+    @property
+    def is_active(self) -> bool:
+        return bool(self._device.is_active)
+
+    @property
+    def pin(self) -> Any:
+        return self._device.pin
+
+    def drive(self, active: bool) -> None:
+        """Mock pins only: simulate the sensor's output (an item present or not)."""
+        level_high = active != self._active_low
+        if level_high:
+            self._device.pin.drive_high()
+        else:
+            self._device.pin.drive_low()
+
+    def describe(self) -> str:
+        return "active (item present)" if self.is_active else "inactive"
+
+    def close(self) -> None:
+        self._device.close()
+
+
+class UltrasonicSensor:
+    """An HC-SR04 (``DistanceSensor``): active while something is nearer than the threshold."""
+
+    def __init__(
+        self,
+        *,
+        trigger_gpio: int,
+        echo_gpio: int,
+        trigger_distance_m: float,
+        max_distance_m: float = 1.0,
+        pin_factory: Any = None,
+    ) -> None:
+        _check_positive("trigger_distance_m", trigger_distance_m)
+        if not trigger_distance_m < max_distance_m:
+            raise ValueError(
+                f"trigger_distance_m ({trigger_distance_m}) must be less than max_distance_m "
+                f"({max_distance_m})"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PWMSoftwareFallback)
+                self._device = DistanceSensor(
+                    echo=echo_gpio,
+                    trigger=trigger_gpio,
+                    max_distance=max_distance_m,
+                    threshold_distance=trigger_distance_m,
+                    pin_factory=pin_factory,
+                )
+        except (GPIOZeroError, OSError) as error:
+            raise HardwareError(
+                f"HC-SR04: cannot set up trigger GPIO{trigger_gpio} / echo GPIO{echo_gpio}: {error}"
+            ) from error
+        self.trigger_distance_m = trigger_distance_m
+
+    @property
+    def distance_m(self) -> float:
+        return float(self._device.distance)
+
+    @property
+    def is_active(self) -> bool:
+        return self.distance_m < self.trigger_distance_m
+
+    def describe(self) -> str:
+        distance = self.distance_m
+        state = "active (item present)" if distance < self.trigger_distance_m else "inactive"
+        return f"distance {distance:.3f} m, {state}"
+
+    def close(self) -> None:
+        self._device.close()
+
+
+def mock_ultrasonic_pins(
+    factory: MockFactory, *, trigger_gpio: int, echo_gpio: int, echo_time_s: float
+) -> None:
+    """Prepare mock pins so a DistanceSensor reads as if an echo took ``echo_time_s``.
+
+    Must run before the sensor is built (gpiozero's mock factory cannot mix pin classes later).
+    """
+    factory.pin(
+        trigger_gpio,
+        pin_class=MockTriggerPin,
+        echo_pin=factory.pin(echo_gpio, pin_class=MockPWMPin),
+        echo_time=echo_time_s,
+    )

@@ -1,0 +1,292 @@
+"""``bin-daemon run``: wiring and lifecycle.
+
+Start in order (config, logging, model, hardware, lids closed), then READY=1; stop in reverse
+(lids closed and detached, devices released, STOPPING=1). SIGTERM/SIGINT end the run after
+the current item (a lid's hold is cut short, its close never is), exit status 0. SIGHUP
+reloads the config and the model between items; if the new ones are bad the old ones stay.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from bin_daemon import journal
+from bin_daemon.classifier import Classifier
+from bin_daemon.config import Config, load_config
+from bin_daemon.errors import BinDaemonError, ModelError
+from bin_daemon.events import JsonLinesSink, SortEvent
+from bin_daemon.hardware import HardwareKind, build_hardware
+from bin_daemon.hardware.clock import SystemClock
+from bin_daemon.hardware.fakes import FakeClock
+from bin_daemon.hardware.ports import Clock, Frame
+from bin_daemon.paths import shipped_models_dir
+from bin_daemon.policy import Policy
+from bin_daemon.sorter import Sorter, Timing
+from bin_daemon.spool import Spool
+
+log = logging.getLogger("bin_daemon")
+
+WATCHDOG_EVERY_S = 1.0
+"""At most this long between WATCHDOG=1 pings while the loop is healthy (or half WatchdogSec)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    config_path: Path | None = None
+    hardware: HardwareKind = "pi"
+    images: Path | None = None
+    max_items: int | None = None
+    events_path: Path | None = None
+    realtime: bool = False
+
+
+def load_classifier(config: Config) -> Classifier:
+    model_dir = config.model_dir() or shipped_models_dir()
+    return Classifier.load(
+        model_dir,
+        num_threads=config.model.num_threads,
+        on_sha256_mismatch=config.model.on_sha256_mismatch,
+    )
+
+
+def make_policy(config: Config, classifier: Classifier) -> Policy:
+    threshold = config.model.unsure_threshold
+    if threshold is None:
+        threshold = classifier.card_unsure_threshold
+    if threshold is None:
+        raise ModelError(
+            f"{classifier.model_path.parent}: the model card has no unsure_threshold; "
+            "set model.unsure_threshold in the config"
+        )
+    return Policy(config.bin_for_label(), config.fallback_bin, threshold)
+
+
+def make_timing(config: Config) -> Timing:
+    return Timing(
+        hold_open_s=config.timing.hold_open_s,
+        lid_move_s=config.timing.lid_move_s,
+        cooldown_s=config.timing.cooldown_s,
+        debounce_s=config.sensor.debounce_s,
+    )
+
+
+def make_spool(config: Config) -> Spool:
+    return Spool(
+        config.spool_dir(),
+        save=config.spool.save,
+        quota_mb=config.spool.quota_mb,
+        jpeg_quality=config.spool.jpeg_quality,
+    )
+
+
+def _hardware_settings(config: Config) -> Any:
+    return (
+        config.sensor,
+        config.camera,
+        {name: b.model_dump(exclude={"labels"}) for name, b in config.bins.items()},
+    )
+
+
+class Service:
+    def __init__(
+        self,
+        options: RunOptions,
+        *,
+        clock: Clock | None = None,
+        notifier: journal.Notifier | None = None,
+        stdout: TextIO | None = None,
+    ) -> None:
+        self.options = options
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+        self.notifier = notifier or journal.Notifier()
+        self.stdout = stdout if stdout is not None else sys.stdout
+        simulated = options.hardware == "fake" and not options.realtime
+        self.clock: Clock = clock or (
+            FakeClock(start_time_s=time.time()) if simulated else SystemClock()
+        )
+        self.sorter: Sorter | None = None
+        self._last_watchdog = float("-inf")
+        self._journal = False
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM/SIGINT -> stop, SIGHUP -> reload. Returns a function restoring the old ones."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        handlers = {
+            signal.SIGTERM: self._on_stop,
+            signal.SIGINT: self._on_stop,
+            signal.SIGHUP: lambda *_: self.reload_requested.set(),
+        }
+        old = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+
+        def restore() -> None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        if not self.stop.is_set():
+            log.info("%s: stopping after the current item", signal.Signals(signum).name)
+        self.stop.set()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        options = self.options
+        config = load_config(options.config_path)
+        self._journal = journal.use_journal(config.logging.journal)
+        journal.setup_logging(config.logging.level, journal=self._journal)
+        classifier = load_classifier(config)
+        for warning in config.check_labels(classifier.labels):
+            log.warning("%s", warning)
+        policy = make_policy(config, classifier)
+        log.info(
+            "model %s %s (sha256 %s, %s), unsure below %.2f",
+            classifier.model_path.name,
+            classifier.version,
+            classifier.sha256[:12],
+            classifier.runtime,
+            policy.unsure_threshold,
+        )
+        sinks: list[Callable[[SortEvent], None]] = [
+            journal.ItemReporter(journal=self._journal, stream=self.stdout)
+        ]
+        events_file = JsonLinesSink(options.events_path) if options.events_path else None
+        if events_file is not None:
+            sinks.append(events_file)
+        spool = make_spool(config)
+        self._spool = spool
+        hardware = build_hardware(
+            config,
+            options.hardware,
+            clock=self.clock,
+            images=options.images,
+            max_items=options.max_items,
+        )
+        try:
+            assert hardware.camera is not None
+
+            def on_event(event: SortEvent, frame: Frame | None) -> None:
+                for sink in sinks:
+                    sink(event)
+                self._spool.maybe_save(event, frame.rgb if frame is not None else None)
+                self.notifier.status(self._status())
+
+            self.sorter = Sorter(
+                sensor=hardware.sensor,
+                camera=hardware.camera,
+                classifier=classifier,
+                decide=policy.decide,
+                lids=hardware.lids,
+                timing=make_timing(config),
+                clock=self.clock,
+                stop=self.stop,
+                on_event=on_event,
+            )
+            self.sorter.start()
+            self._config = config
+            where = f"{options.hardware} hardware"
+            if options.hardware == "fake":
+                where += ", realtime" if options.realtime else ", simulated time"
+            log.info(
+                "ready (%s; bins %s; spool %s: %s)",
+                where,
+                ", ".join(config.bins),
+                config.spool.save,
+                spool.directory if spool.enabled else "off",
+            )
+            self.notifier.ready(self._status())
+            self._loop(config.timing.poll_interval_s)
+        finally:
+            self.notifier.stopping(self._status() if self.sorter else "stopping")
+            try:
+                if self.sorter is not None:
+                    self.sorter.shutdown()
+            finally:
+                hardware.close()
+                if events_file is not None:
+                    events_file.close()
+            log.info("stopped: all lids closed")
+            if self.sorter is not None and not self._journal:
+                print(self._summary(), file=self.stdout, flush=True)
+        return 0
+
+    def _loop(self, poll_interval_s: float) -> None:
+        assert self.sorter is not None
+        max_items = self.options.max_items
+        while not self.stop.is_set():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+                poll_interval_s = self._config.timing.poll_interval_s
+            self._watchdog()
+            event = self.sorter.poll()
+            if max_items is not None and self.sorter.counts.items >= max_items:
+                log.info("sorted %d items (--max-items)", self.sorter.counts.items)
+                break
+            if event is None:
+                self.clock.sleep(poll_interval_s, interrupt=self.stop)
+
+    def _watchdog(self) -> None:
+        now = time.monotonic()
+        every = min(WATCHDOG_EVERY_S, journal.watchdog_interval_s() or WATCHDOG_EVERY_S)
+        if now - self._last_watchdog >= every:
+            self._last_watchdog = now
+            self.notifier.watchdog()
+
+    def reload(self) -> None:
+        """Re-read the config and the model between items; keep the old ones if either is bad."""
+        assert self.sorter is not None
+        self.notifier.reloading()
+        try:
+            config = load_config(self.options.config_path)
+            classifier = load_classifier(config)
+            for warning in config.check_labels(classifier.labels):
+                log.warning("%s", warning)
+            policy = make_policy(config, classifier)
+        except BinDaemonError as error:
+            log.error("reload failed, keeping the running config and model: %s", error)
+            self.notifier.ready(self._status())
+            return
+        if _hardware_settings(config) != _hardware_settings(self._config):
+            log.warning("sensor, camera or servo settings changed: restart the service to apply")
+        journal.setup_logging(config.logging.level, journal=self._journal)
+        self.sorter.classifier = classifier
+        self.sorter.decide = policy.decide
+        self.sorter.timing = make_timing(config)
+        self._spool = make_spool(config)
+        self._config = config
+        log.info("reloaded: model %s (sha256 %s)", classifier.version, classifier.sha256[:12])
+        self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        if self.sorter is None:
+            return "starting"
+        return self.sorter.counts.status(self.sorter.state)
+
+    def _summary(self) -> str:
+        assert self.sorter is not None
+        counts = self.sorter.counts
+        bins = ", ".join(f"{name} {n}" for name, n in sorted((counts.per_bin or {}).items()))
+        return f"sorted {counts.items} items ({bins or 'none'}); {counts.unsure} unsure, {counts.errors} errors"
+
+
+def run(options: RunOptions, **kwargs: Any) -> int:
+    service = Service(options, **kwargs)
+    restore = service.install_signal_handlers()
+    try:
+        return service.run()
+    finally:
+        restore()

@@ -1,0 +1,256 @@
+"""The sorting state machine: sensor -> camera -> classifier -> policy -> lid.
+
+    WAIT_CLEAR --sensor inactive--> ARMED --active for debounce_s--> (one item:)
+      capture -> classify -> decide -> open -> hold -> close -> detach -> cool-down
+    --> ARMED if the sensor is inactive, else WAIT_CLEAR
+
+Everything is synchronous and driven by :meth:`Sorter.poll`, so a sensor that fires while an
+item is being handled is simply not looked at (re-triggers are ignored), and a sensor stuck
+active re-arms only once it has gone inactive (the lid cannot flap). Lids are driven closed
+at start, after every item and at every exit path. Time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import numpy as np
+
+from bin_daemon.errors import BinDaemonError
+from bin_daemon.events import SortEvent, iso_utc
+from bin_daemon.hardware.ports import Camera, Clock, Frame, Lid, ProximitySensor
+from bin_daemon.policy import BinChoice
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    WAIT_CLEAR = "waiting for the sensor to clear"
+    ARMED = "armed"
+    BUSY = "sorting an item"
+    STOPPED = "stopped"
+
+
+class ItemClassifier(Protocol):
+    sha256: str
+
+    def classify(self, rgb: np.ndarray): ...  # -> classifier.Prediction
+
+
+@dataclass(frozen=True)
+class Timing:
+    hold_open_s: float
+    lid_move_s: float
+    cooldown_s: float
+    debounce_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("hold_open_s", "lid_move_s", "cooldown_s", "debounce_s"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be zero or more seconds, got {value!r}")
+
+
+@dataclass
+class Counts:
+    items: int = 0
+    unsure: int = 0
+    errors: int = 0
+    per_bin: Counter[str] | None = None
+
+    def status(self, state: State) -> str:
+        bins = ", ".join(f"{k} {v}" for k, v in sorted((self.per_bin or {}).items()))
+        text = f"{self.items} items ({self.unsure} unsure, {self.errors} errors)"
+        return f"{text}; {bins}; {state.value}" if bins else f"{text}; {state.value}"
+
+
+class Sorter:
+    def __init__(
+        self,
+        *,
+        sensor: ProximitySensor,
+        camera: Camera,
+        classifier: ItemClassifier,
+        decide: Callable[[str | None, float], BinChoice],
+        lids: Mapping[str, Lid],
+        timing: Timing,
+        clock: Clock,
+        stop: threading.Event | None = None,
+        on_event: Callable[[SortEvent, Frame | None], None] | None = None,
+        stopwatch: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not lids:
+            raise ValueError("a sorter needs at least one lid")
+        self.sensor = sensor
+        self.camera = camera
+        self.classifier = classifier
+        self.decide = decide
+        self.lids = dict(lids)
+        self.timing = timing
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.on_event = on_event
+        self._stopwatch = stopwatch
+        self.state = State.WAIT_CLEAR
+        self.counts = Counts(per_bin=Counter())
+        self._active_since: float | None = None
+        self._seq = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Drive every lid closed (then detach) and wait for a clear sensor."""
+        self.close_all_lids()
+        self._active_since = None
+        if self.sensor.is_active:
+            self.state = State.WAIT_CLEAR
+            log.warning("sensor is active at start: waiting for it to clear before sorting")
+        else:
+            self.state = State.ARMED
+
+    def close_all_lids(self) -> None:
+        """Close every lid, wait for the servos, detach them. Never raises for one bad lid."""
+        failures = []
+        for lid in self.lids.values():
+            try:
+                lid.close()
+            except Exception as error:
+                failures.append(f"{lid.name}: {error}")
+        self.clock.sleep(self.timing.lid_move_s)
+        for lid in self.lids.values():
+            try:
+                lid.detach()
+            except Exception as error:
+                failures.append(f"{lid.name}: {error}")
+        if failures:
+            log.error("could not close every lid: %s", "; ".join(failures))
+
+    def shutdown(self) -> None:
+        self.close_all_lids()
+        self.state = State.STOPPED
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def poll(self) -> SortEvent | None:
+        """Read the sensor once; sort an item if one has arrived. The item's event, or None."""
+        active = self.sensor.is_active
+        now = self.clock.monotonic()
+        if self.state is State.WAIT_CLEAR:
+            if not active:
+                self.state = State.ARMED
+                self._active_since = None
+            return None
+        if self.state is not State.ARMED:
+            return None
+        if not active:
+            self._active_since = None
+            return None
+        if self._active_since is None:
+            self._active_since = now
+        if now - self._active_since < self.timing.debounce_s:
+            return None
+        self._active_since = None
+        return self.sort_item(trigger=now)
+
+    def sort_item(self, *, trigger: float) -> SortEvent:
+        """Handle one item whose sensor trigger was at ``trigger`` (monotonic seconds)."""
+        self.state = State.BUSY
+        self._seq += 1
+        wall = self.clock.time()
+        event, frame = self._classify(trigger=trigger, wall=wall)
+        try:
+            event.lid = self._cycle_lid(event.bin)
+        except Exception as error:  # a servo that fails must not stop the bin
+            event.lid = "failed"
+            event.error = f"lid '{event.bin}': {error}"
+            log.error("lid '%s' failed: %s", event.bin, error)
+        self._count(event)
+        if self.on_event is not None:
+            self.on_event(event, frame)
+        if event.lid == "completed" and not self.stop.is_set():
+            self.clock.sleep(self.timing.cooldown_s, interrupt=self.stop)
+        still_there = self.sensor.is_active
+        if still_there:
+            log.info("sensor still active after the item: re-arming once it clears")
+        self.state = State.WAIT_CLEAR if still_there else State.ARMED
+        return event
+
+    def _classify(self, *, trigger: float, wall: float) -> tuple[SortEvent, Frame | None]:
+        start = self._stopwatch()
+        frame: Frame | None = None
+        label: str | None = None
+        confidence = 0.0
+        top: list[dict[str, object]] = []
+        error: str | None = None
+        capture_ms = classify_ms = 0.0
+        try:
+            frame = self.camera.capture(not_before=trigger)
+            captured = self._stopwatch()
+            capture_ms = (captured - start) * 1000
+            prediction = self.classifier.classify(frame.rgb)
+            classify_ms = (self._stopwatch() - captured) * 1000
+            label, confidence = prediction.label, prediction.confidence
+            top = [{"label": name, "score": round(score, 4)} for name, score in prediction.top]
+        except Exception as failure:  # the item is on the flap: it must go somewhere
+            known = isinstance(failure, BinDaemonError)
+            error = str(failure) if known else f"{type(failure).__name__}: {failure}"
+            log.error(
+                "item %d: %s; sending it to the fallback bin", self._seq, error, exc_info=not known
+            )
+        choice = self.decide(label, confidence)
+        total_ms = (self._stopwatch() - start) * 1000
+        event = SortEvent(
+            item_id=_item_id(wall, self._seq),
+            ts=iso_utc(wall),
+            label=label,
+            confidence=None if label is None else round(confidence, 4),
+            top=top,
+            bin=choice.bin,
+            unsure=choice.unsure,
+            model=self.classifier.sha256,
+            frame_source=frame.source if frame is not None else None,
+            latency_ms={
+                "capture": round(capture_ms, 2),
+                "classify": round(classify_ms, 2),
+                "total": round(total_ms, 2),
+            },
+            seq=self._seq,
+            reason=choice.reason,
+            error=error,
+        )
+        return event, frame
+
+    def _cycle_lid(self, name: str) -> str:
+        """Open, hold, close, detach. SIGTERM (``stop``) cuts the hold short, never the close."""
+        if self.stop.is_set():
+            return "not opened (stopping)"
+        lid = self.lids[name]
+        interrupted = False
+        try:
+            lid.open()
+            interrupted = self.clock.sleep(self.timing.hold_open_s, interrupt=self.stop)
+        finally:
+            lid.close()
+            self.clock.sleep(self.timing.lid_move_s)
+            lid.detach()
+        return "hold cut short (stopping)" if interrupted else "completed"
+
+    def _count(self, event: SortEvent) -> None:
+        self.counts.items += 1
+        self.counts.unsure += int(event.unsure)
+        self.counts.errors += int(event.error is not None)
+        assert self.counts.per_bin is not None
+        self.counts.per_bin[event.bin] += 1
+
+
+def _item_id(wall: float, seq: int) -> str:
+    stamp = datetime.fromtimestamp(wall, UTC)
+    return f"{stamp:%Y%m%dT%H%M%S}{stamp.microsecond // 1000:03d}Z-{seq:04d}"
