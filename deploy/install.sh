@@ -7,6 +7,9 @@
 #   sudo deploy/install.sh --uninstall --purge   ... and those two, and the service user
 #   deploy/install.sh --root DIR           stage the files into DIR instead of / (no root
 #                                          needed; no apt-get, useradd, pip or systemctl)
+#   deploy/install.sh --chroot             the real install in a Debian chroot that stands in
+#                                          for a Pi (CI's arm64 stage, ci/arm64/): skips and
+#                                          reports what needs a real Pi
 #
 # Safe to run again: an upgrade replaces the program and the unit, never the config.
 set -euo pipefail
@@ -21,6 +24,8 @@ readonly APT_PACKAGES=(
   python3-lgpio                 # gpiozero's pin factory on Bookworm (Pi 4 and Pi 5)
   rpicam-apps-lite              # rpicam-hello --list-cameras, for checking the camera
 )
+# From the Raspberry Pi archive, not Debian's: --chroot (plain Debian) skips them.
+readonly PI_ARCHIVE_PACKAGES=(python3-picamera2 python3-lgpio rpicam-apps-lite)
 readonly OPT_DIR=/opt/bin-daemon
 readonly VENV_DIR=$OPT_DIR/venv
 readonly ETC_DIR=/etc/bin-daemon
@@ -39,6 +44,7 @@ MODE=install
 PURGE=0
 FORCE=0
 START=1
+CHROOT=0
 REBOOT_NEEDED=0
 WORK_DIR=""
 
@@ -53,9 +59,11 @@ staging() { [[ -n $ROOT ]]; }
 # The path of an installed file: under the staging root when staging.
 at() { printf '%s%s' "$ROOT" "$1"; }
 skip() { note "skipped (staging into $ROOT): $*"; }
+in_chroot() { ((CHROOT)); }
+skip_chroot() { note "skipped (--chroot: needs a real Pi): $*"; }
 
 usage() {
-  sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
   cat <<'EOF'
 Options:
   --root DIR     stage into DIR instead of / (implies no apt-get, useradd, pip, systemctl)
@@ -63,6 +71,9 @@ Options:
   --purge        with --uninstall: also remove /etc/bin-daemon, /var/lib/bin-daemon, the user
   --no-start     install and enable, but do not (re)start the service now
   --force        install on a machine that is not a Raspberry Pi (a test VM)
+  --chroot       install into the Debian root this runs in, standing in for a Pi (CI):
+                 implies --force and --no-start; skips the Raspberry Pi archive's packages
+                 and systemctl daemon-reload/restart (no systemd running), and says so
   -h, --help     this text
 EOF
 }
@@ -81,6 +92,11 @@ parse_args() {
       --purge) PURGE=1 ;;
       --no-start) START=0 ;;
       --force) FORCE=1 ;;
+      --chroot)
+        CHROOT=1
+        FORCE=1
+        START=0
+        ;;
       -h | --help)
         usage
         exit 0
@@ -120,9 +136,15 @@ would be installed, stage it: $0 --root /tmp/bin-daemon-root; on a test VM add -
   elif [[ $model != "Raspberry Pi 4"* && $model != "Raspberry Pi 5"* ]]; then
     warn "$model: bin-daemon is made for a Pi 4 or Pi 5; a slower Pi sorts slower"
   fi
+  # The userland decides which wheels pip needs: 32-bit Raspberry Pi OS on a Pi 4 or 5 runs
+  # a 64-bit kernel (uname -m says aarch64) over armhf packages and a 32-bit Python.
+  local userland
   arch=$(uname -m)
-  [[ $arch == aarch64 ]] || die "this is a $arch system; the classifier (ai-edge-litert) \
-needs 64-bit Raspberry Pi OS (aarch64): flash the 64-bit image with Raspberry Pi Imager"
+  userland=$(dpkg --print-architecture 2>/dev/null || printf '%s' "$arch")
+  [[ $arch == aarch64 && $userland == arm64 ]] || die "this system runs $userland packages \
+on an $arch kernel; bin-daemon needs 64-bit Raspberry Pi OS (aarch64, arm64 packages): its \
+classifier (ai-edge-litert) has no 32-bit ARM (armv7l) build. Flash the 64-bit image with \
+Raspberry Pi Imager"
   # shellcheck source=/dev/null
   codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-unknown}")
   [[ $codename == bookworm ]] || warn "made for Raspberry Pi OS Bookworm; this is '$codename'"
@@ -138,9 +160,17 @@ install_apt_packages() {
     skip "apt-get install"
     return
   fi
+  local packages=("${APT_PACKAGES[@]}") package
+  if in_chroot; then
+    skip_chroot "apt-get install ${PI_ARCHIVE_PACKAGES[*]} (Raspberry Pi archive)"
+    packages=()
+    for package in "${APT_PACKAGES[@]}"; do
+      [[ " ${PI_ARCHIVE_PACKAGES[*]} " == *" $package "* ]] || packages+=("$package")
+    done
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    "${APT_PACKAGES[@]}"
+    "${packages[@]}"
 }
 
 create_user() {
@@ -254,7 +284,11 @@ install_unit() {
     skip "systemctl daemon-reload, enable"
     return
   fi
-  systemctl daemon-reload
+  if in_chroot; then
+    skip_chroot "systemctl daemon-reload (no systemd running); enabling offline"
+  else
+    systemctl daemon-reload
+  fi
   systemctl enable --quiet "$SERVICE.service"
 }
 
@@ -324,7 +358,10 @@ start_service() {
   if staging; then
     return
   fi
-  if ((REBOOT_NEEDED)); then
+  if in_chroot; then
+    skip_chroot "systemctl restart $SERVICE (no systemd running), reboot for the firmware"
+    info "Done (in a chroot: not started)"
+  elif ((REBOOT_NEEDED)); then
     info "Done. Reboot to apply the boot settings; the service starts by itself: sudo reboot"
   elif ((START)); then
     systemctl restart "$SERVICE.service"
