@@ -6,11 +6,13 @@ Exit status: 0 success, 1 an error (model, image, hardware), 2 a usage or config
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bin_daemon import __version__
 from bin_daemon.errors import BinDaemonError, ConfigError, ImageError
@@ -117,16 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sensor.set_defaults(func=cmd_sensor)
 
-    # --- model store commands (bin_daemon/cli_model.py, owned by the Pi-install work) -----
-    # Registered here when the module exists; the CLI works without it.
-    try:
-        from bin_daemon import cli_model
-    except ImportError:
-        cli_model = None
-    if cli_model is not None:
-        cli_model.add_parser(sub)
+    # --- commands that live in other modules, registered when they exist ----------------
+    # bin_daemon/cli_model.py: `model install|rollback|status` (the Pi's model store);
+    # bin_daemon/cli_ml.py: `train` and `evaluate` (the ML side). The CLI works without them.
+    for module_name in ("cli_model", "cli_ml"):
+        module = _optional_module(f"bin_daemon.{module_name}")
+        if module is not None:
+            module.add_parser(sub)
     # --------------------------------------------------------------------------------------
     return parser
+
+
+def _optional_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != name:
+            raise
+        return None
 
 
 # --- commands ----------------------------------------------------------------------------

@@ -215,11 +215,12 @@ def mock_ultrasonic_pins(
 ) -> None:
     """Prepare mock pins so a DistanceSensor reads as if an echo took ``echo_time_s``.
 
-    Must run before the sensor is built (gpiozero's mock factory cannot mix pin classes later).
+    Must run before the sensor is built, on a factory whose ``pin_class`` is the plain
+    ``MockPin`` (a factory cannot mix PWM and non-PWM mock pins).
     """
     factory.pin(
         trigger_gpio,
         pin_class=MockTriggerPin,
-        echo_pin=factory.pin(echo_gpio, pin_class=MockPWMPin),
+        echo_pin=factory.pin(echo_gpio),
         echo_time=echo_time_s,
     )

@@ -1,0 +1,221 @@
+"""The state machine on fakes, with a FakeClock: nothing here sleeps for real."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from bin_daemon.errors import HardwareError
+from bin_daemon.hardware.fakes import FakeClock, FakeLid, FakeProximitySensor
+from bin_daemon.hardware.ports import Frame
+from bin_daemon.policy import Policy
+from bin_daemon.sorter import Sorter, State, Timing
+
+TIMING = Timing(hold_open_s=3.0, lid_move_s=0.5, cooldown_s=1.0, debounce_s=0.05)
+POLL_S = 0.02
+
+
+class StubCamera:
+    def __init__(self, clock, *, fail=False):
+        self.clock, self.fail, self.triggers = clock, fail, []
+
+    def capture(self, *, not_before):
+        self.triggers.append(not_before)
+        if self.fail:
+            raise HardwareError("camera: no frame within 2 s")
+        return Frame(np.zeros((8, 8, 3), np.uint8), self.clock.monotonic(), "stub.jpg")
+
+    def close(self):
+        pass
+
+
+class StubPrediction:
+    def __init__(self, label, confidence):
+        self.label, self.confidence = label, confidence
+        self.top = [(label, confidence), ("other", 1 - confidence)]
+
+
+class StubClassifier:
+    sha256 = "ab" * 32
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def classify(self, rgb):
+        return StubPrediction(*self.answers.pop(0))
+
+
+class Rig:
+    """A sorter on fakes, and a helper to run its poll loop for a while of fake time."""
+
+    def __init__(self, answers=(("glass", 0.9),), *, pattern=None, camera_fails=False):
+        self.clock = FakeClock()
+        self.sensor = FakeProximitySensor(pattern=pattern, clock=self.clock.monotonic)
+        self.lids = {name: FakeLid(name) for name in ("recycling", "glass", "landfill")}
+        self.camera = StubCamera(self.clock, fail=camera_fails)
+        self.events = []
+        self.stop = threading.Event()
+        policy = Policy({"glass": "glass", "paper": "recycling"}, "landfill", 0.6)
+        self.sorter = Sorter(
+            sensor=self.sensor,
+            camera=self.camera,
+            classifier=StubClassifier(answers),
+            decide=policy.decide,
+            lids=self.lids,
+            timing=TIMING,
+            clock=self.clock,
+            stop=self.stop,
+            on_event=lambda event, frame: self.events.append(event),
+        )
+
+    def run_for(self, seconds):
+        end = self.clock.monotonic() + seconds
+        while self.clock.monotonic() < end and not self.stop.is_set():
+            if self.sorter.poll() is None:
+                self.clock.sleep(POLL_S)
+
+
+def test_start_closes_every_lid_and_detaches():
+    rig = Rig()
+    rig.sorter.start()
+    for lid in rig.lids.values():
+        assert lid.history == ["close", "detach"]
+    assert rig.sorter.state is State.ARMED
+
+
+def test_one_item_full_cycle_in_order_with_simulated_time():
+    start = 1000.0 + TIMING.lid_move_s  # start() waited for the lids to close
+    rig = Rig(pattern=lambda t: 1001.0 <= t < 1001.4)
+    rig.sorter.start()
+    rig.run_for(10)
+    assert len(rig.events) == 1
+    event = rig.events[0]
+    assert (event.label, event.bin, event.unsure, event.lid) == (
+        "glass",
+        "glass",
+        False,
+        "completed",
+    )
+    assert event.frame_source == "stub.jpg"
+    assert rig.lids["glass"].history == ["close", "detach", "open", "close", "detach"]
+    assert rig.lids["recycling"].history == ["close", "detach"]
+    # debounced: the trigger is at least debounce_s after the sensor went active
+    assert 1001.0 + 0.05 <= rig.camera.triggers[0] <= 1001.0 + 0.05 + 2 * POLL_S
+    assert rig.clock.monotonic() == pytest.approx(start + 10, abs=POLL_S * 2)
+    assert rig.sorter.counts.items == 1
+
+
+def test_short_blip_shorter_than_debounce_is_ignored():
+    rig = Rig(pattern=lambda t: 1001.00 <= t < 1001.03)
+    rig.sorter.start()
+    rig.run_for(2)
+    assert rig.events == []
+
+
+def test_retrigger_while_busy_is_ignored():
+    # Active for 0.2 s, then two more blips while the lid is open / cooling down.
+    def pattern(t):
+        return 1001.0 <= t < 1001.2 or 1002.0 <= t < 1002.2 or 1004.5 <= t < 1004.7
+
+    rig = Rig(pattern=pattern)
+    rig.sorter.start()
+    rig.run_for(10)
+    assert len(rig.events) == 1
+    assert rig.lids["glass"].history.count("open") == 1
+
+
+def test_stuck_sensor_sorts_once_and_does_not_flap():
+    rig = Rig(pattern=lambda t: t >= 1001.0)
+    rig.sorter.start()
+    rig.run_for(60)
+    assert len(rig.events) == 1
+    assert rig.lids["glass"].history.count("open") == 1
+    assert rig.sorter.state is State.WAIT_CLEAR
+
+
+def test_sensor_rearms_after_it_clears():
+    def pattern(t):
+        return 1001.0 <= t < 1001.3 or 1010 <= t < 1010.3
+
+    rig = Rig(answers=[("glass", 0.9), ("paper", 0.95)], pattern=pattern)
+    rig.sorter.start()
+    rig.run_for(20)
+    assert [e.bin for e in rig.events] == ["glass", "recycling"]
+    assert [e.seq for e in rig.events] == [1, 2]
+
+
+def test_sensor_active_at_start_waits_for_it_to_clear():
+    rig = Rig(pattern=lambda t: t < 1005)
+    rig.sorter.start()
+    assert rig.sorter.state is State.WAIT_CLEAR
+    rig.run_for(20)
+    assert rig.events == []
+
+
+def test_low_confidence_goes_to_the_fallback_bin_marked_unsure():
+    rig = Rig(answers=[("glass", 0.4)], pattern=lambda t: 1001.0 <= t < 1001.3)
+    rig.sorter.start()
+    rig.run_for(10)
+    (event,) = rig.events
+    assert (event.label, event.bin, event.unsure) == ("glass", "landfill", True)
+    assert "UNSURE" in event.human_line()
+
+
+def test_camera_failure_sends_the_item_to_the_fallback_bin():
+    rig = Rig(camera_fails=True, pattern=lambda t: 1001.0 <= t < 1001.3)
+    rig.sorter.start()
+    rig.run_for(10)
+    (event,) = rig.events
+    assert (event.label, event.bin, event.unsure) == (None, "landfill", True)
+    assert event.error == "camera: no frame within 2 s"
+    assert rig.sorter.counts.errors == 1
+
+
+def test_stop_during_hold_cuts_it_short_but_closes_the_lid():
+    rig = Rig(pattern=lambda t: 1001.0 <= t < 1001.3)
+    rig.sorter.start()
+    lid = rig.lids["glass"]
+    original_open = lid.open
+
+    def open_then_sigterm():
+        original_open()
+        rig.stop.set()  # SIGTERM arrives while the lid is open
+
+    lid.open = open_then_sigterm
+    rig.run_for(10)
+    (event,) = rig.events
+    assert event.lid == "hold cut short (stopping)"
+    assert lid.history[-3:] == ["open", "close", "detach"]
+    assert not lid.is_open
+    rig.sorter.shutdown()
+    assert all(not lid.is_open and not lid.attached for lid in rig.lids.values())
+
+
+def test_stop_before_the_lid_opens_leaves_it_closed():
+    rig = Rig(pattern=lambda t: 1001.0 <= t < 1001.3)
+    rig.sorter.start()
+    rig.stop.set()
+    event = rig.sorter.sort_item(trigger=rig.clock.monotonic())
+    assert event.lid == "not opened (stopping)"
+    assert "open" not in rig.lids["glass"].history
+
+
+def test_a_failing_servo_is_closed_and_reported_not_fatal():
+    rig = Rig(pattern=lambda t: 1001.0 <= t < 1001.3)
+    rig.sorter.start()
+
+    def broken():
+        raise HardwareError("servo not answering")
+
+    rig.lids["glass"].open = broken
+    rig.run_for(10)
+    (event,) = rig.events
+    assert event.lid == "failed"
+    assert rig.lids["glass"].history[-2:] == ["close", "detach"]
+
+
+def test_timing_is_validated():
+    with pytest.raises(ValueError, match="hold_open_s must be zero or more seconds"):
+        Timing(hold_open_s=-1, lid_move_s=0, cooldown_s=0, debounce_s=0)
