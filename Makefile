@@ -22,8 +22,12 @@ $(VENV)/.train: $(VENV)/.runtime
 	$(BIN)/python -m pip install -q -e '.[dev,train$(JOURNAL)]'
 	touch $@
 
+# The daemon on fake hardware (gpiozero mock pins, a camera serving the sample images) with
+# the real model; hold and cool-down times simulated. Events and unsure frames go to .demo/.
 demo: $(VENV)/.runtime
-	$(BIN)/bin-daemon run --hardware fake --images tests/data/samples --max-items 24
+	@rm -f .demo/events.jsonl
+	STATE_DIRECTORY=$(CURDIR)/.demo $(BIN)/bin-daemon run --hardware fake \
+	  --images tests/data/samples --max-items 24 --events .demo/events.jsonl
 
 test: $(VENV)/.train
 	$(BIN)/ruff check bin_daemon tests

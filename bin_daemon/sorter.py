@@ -236,6 +236,9 @@ class Sorter:
         interrupted = False
         try:
             lid.open()
+            log.debug(
+                "item %d: lid %s open, holding %.2f s", self._seq, name, self.timing.hold_open_s
+            )
             interrupted = self.clock.sleep(self.timing.hold_open_s, interrupt=self.stop)
         finally:
             lid.close()
