@@ -194,6 +194,7 @@ class Service:
                 clock=self.clock,
                 stop=self.stop,
                 on_event=on_event,
+                heartbeat=self._watchdog,
             )
             self.sorter.start()
             self._config = config
@@ -208,6 +209,7 @@ class Service:
                 spool.directory if spool.enabled else "off",
             )
             self.notifier.ready(self._status())
+            self._last_watchdog = float("-inf")  # the loop's first iteration pings at once
             self._loop(config.timing.poll_interval_s)
         finally:
             self.notifier.stopping(self._status() if self.sorter else "stopping")

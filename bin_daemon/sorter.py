@@ -32,6 +32,10 @@ from bin_daemon.policy import BinChoice
 log = logging.getLogger(__name__)
 
 
+HEARTBEAT_EVERY_S = 1.0
+"""Long waits (a lid's hold) are cut into slices this long so the watchdog keeps being fed."""
+
+
 class State(enum.Enum):
     WAIT_CLEAR = "waiting for the sensor to clear"
     ARMED = "armed"
@@ -85,6 +89,7 @@ class Sorter:
         clock: Clock,
         stop: threading.Event | None = None,
         on_event: Callable[[SortEvent, Frame | None], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
         stopwatch: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not lids:
@@ -98,6 +103,7 @@ class Sorter:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.on_event = on_event
+        self.heartbeat = heartbeat
         self._stopwatch = stopwatch
         self.state = State.WAIT_CLEAR
         self.counts = Counts(per_bin=Counter())
@@ -124,7 +130,7 @@ class Sorter:
                 lid.close()
             except Exception as error:
                 failures.append(f"{lid.name}: {error}")
-        self.clock.sleep(self.timing.lid_move_s)
+        self._wait(self.timing.lid_move_s, interruptible=False)
         for lid in self.lids.values():
             try:
                 lid.detach()
@@ -176,7 +182,7 @@ class Sorter:
         if self.on_event is not None:
             self.on_event(event, frame)
         if event.lid == "completed" and not self.stop.is_set():
-            self.clock.sleep(self.timing.cooldown_s, interrupt=self.stop)
+            self._wait(self.timing.cooldown_s, interruptible=True)
         still_there = self.sensor.is_active
         if still_there:
             log.info("sensor still active after the item: re-arming once it clears")
@@ -239,12 +245,29 @@ class Sorter:
             log.debug(
                 "item %d: lid %s open, holding %.2f s", self._seq, name, self.timing.hold_open_s
             )
-            interrupted = self.clock.sleep(self.timing.hold_open_s, interrupt=self.stop)
+            interrupted = self._wait(self.timing.hold_open_s, interruptible=True)
         finally:
             lid.close()
-            self.clock.sleep(self.timing.lid_move_s)
+            self._wait(self.timing.lid_move_s, interruptible=False)
             lid.detach()
         return "hold cut short (stopping)" if interrupted else "completed"
+
+    def _wait(self, seconds: float, *, interruptible: bool) -> bool:
+        """Wait on the clock in slices, calling ``heartbeat`` (the watchdog) between them.
+
+        Returns True if ``stop`` cut an interruptible wait short.
+        """
+        remaining = seconds
+        while True:
+            if self.heartbeat is not None:
+                self.heartbeat()
+            step = min(remaining, HEARTBEAT_EVERY_S)
+            interrupt = self.stop if interruptible else None
+            if self.clock.sleep(step, interrupt=interrupt):
+                return True
+            remaining -= step
+            if remaining <= 0:
+                return False
 
     def _count(self, event: SortEvent) -> None:
         self.counts.items += 1

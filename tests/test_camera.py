@@ -82,12 +82,16 @@ def test_pi_camera_keeps_a_preview_stream_running():
 def test_pi_camera_discards_frames_older_than_the_trigger():
     trigger_s = 100.0
     trigger_ns = int(trigger_s * 1e9) + OFFSET_NS
-    stub = StubPicamera2([trigger_ns - 30_000_000, trigger_ns - 1, trigger_ns + 33_000_000])
+    # Exposure is 10 ms in the stub: a frame read out 5 ms after the trigger began before it.
+    ms = 1_000_000
+    stub = StubPicamera2(
+        [trigger_ns - 30 * ms, trigger_ns - 1, trigger_ns + 5 * ms, trigger_ns + 33 * ms]
+    )
     camera = pi_camera(stub)
     frame = camera.capture(not_before=trigger_s)
-    assert frame.source == trigger_ns + 33_000_000
+    assert frame.source == trigger_ns + 33 * ms
     assert frame.timestamp == pytest.approx(trigger_s + 0.033)
-    assert camera.stale_frames == 2
+    assert camera.stale_frames == 3
     assert all("flush=True" in c for c in stub.calls if c.startswith("captured_request"))
     assert frame.rgb.shape == (48, 64, 3)
     assert tuple(frame.rgb[0, 0]) == (30, 20, 10)  # BGR in memory -> RGB
@@ -139,7 +143,7 @@ def camera(request, samples_dir, fake_clock) -> Camera:
         fake_clock.advance(50)
         return FakeCamera(samples_dir, clock=fake_clock.monotonic)
     base = int(50e9) + OFFSET_NS
-    return pi_camera(StubPicamera2([base - 1, base + 1, base + 2]))
+    return pi_camera(StubPicamera2([base - 1, base + 20_000_000, base + 53_000_000]))
 
 
 def test_camera_contract_fresh_rgb_frames(camera):

@@ -94,12 +94,13 @@ def test_sd_notify_ready_watchdog_status_stopping(tmp_path, samples_dir, monkeyp
                 messages.append(server.recv(4096).decode())
             except BlockingIOError:
                 break
-    assert messages[0].startswith("READY=1\nSTATUS=0 items")
-    assert "WATCHDOG=1" in messages
-    statuses = [m for m in messages if m.startswith("STATUS=")]
-    assert statuses[-1].startswith("STATUS=3 items (0 unsure, 0 errors)")
-    assert messages[-1].startswith("STOPPING=1")
-    assert messages.index("WATCHDOG=1") > 0
+    ready = [i for i, m in enumerate(messages) if m.startswith("READY=1")]
+    assert len(ready) == 1 and messages[ready[0]].startswith("READY=1\nSTATUS=0 items")
+    statuses = [i for i, m in enumerate(messages) if m.startswith("STATUS=")]
+    assert len(statuses) == 3 and statuses[0] > ready[0]  # one per item, after READY
+    assert messages[statuses[-1]].startswith("STATUS=3 items (0 unsure, 0 errors)")
+    assert "WATCHDOG=1" in messages[ready[0] :]
+    assert messages[-1].startswith("STOPPING=1\nSTATUS=3 items")
 
 
 def test_notify_without_socket_is_a_no_op(monkeypatch):

@@ -81,12 +81,16 @@ class PiCamera:
             try:
                 with self._camera.captured_request(flush=True, wait=self._timeout_s) as request:
                     array = request.make_array("main")
-                    sensor_ns = int(request.get_metadata()["SensorTimestamp"])
+                    metadata = request.get_metadata()
+                    sensor_ns = int(metadata["SensorTimestamp"])
             except TimeoutError as error:
                 raise HardwareError(f"camera: no frame within {self._timeout_s:g} s") from error
             except KeyError as error:
                 raise HardwareError("camera: frame metadata has no SensorTimestamp") from error
-            if sensor_ns >= not_before_ns:
+            # SensorTimestamp is when the first row was read out: exposure began ExposureTime
+            # (microseconds) earlier. The whole exposure must come after the trigger.
+            exposure_start_ns = sensor_ns - 1000 * int(metadata.get("ExposureTime", 0))
+            if exposure_start_ns >= not_before_ns:
                 rgb = np.ascontiguousarray(array[:, :, 2::-1])  # BGR(X) in memory -> RGB
                 timestamp = (sensor_ns - self._offset_ns()) / 1e9
                 return Frame(rgb=rgb, timestamp=timestamp, source=sensor_ns)
