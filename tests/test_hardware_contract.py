@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from gpiozero.pins.mock import MockFactory
 
 from bin_daemon.errors import HardwareError
 from bin_daemon.hardware.fakes import FakeLid, FakeProximitySensor, ItemFeed
-from bin_daemon.hardware.gpio import IrSensor, ServoLid, UltrasonicSensor, mock_ultrasonic_pins
+from bin_daemon.hardware.gpio import (
+    IrSensor,
+    ServoLid,
+    UltrasonicSensor,
+    mock_ultrasonic_pins,
+    pi_pin_factory,
+)
 from bin_daemon.hardware.ports import Lid, ProximitySensor
 
 SERVO = dict(min_angle_deg=0, max_angle_deg=180, min_pulse_width_s=0.0005, max_pulse_width_s=0.0025)
@@ -213,3 +221,12 @@ def test_ultrasonic_arguments_are_checked(pin_factory):
         UltrasonicSensor(
             trigger_gpio=23, echo_gpio=24, trigger_distance_m=2, pin_factory=pin_factory
         )
+
+
+@pytest.mark.skipif(Path("/proc/device-tree/model").exists(), reason="this machine has GPIO")
+def test_no_gpio_off_a_pi_is_one_clear_line():
+    with pytest.raises(HardwareError) as caught:
+        pi_pin_factory()
+    message = str(caught.value)
+    assert message.startswith("no GPIO here (not a Raspberry Pi, or python3-lgpio missing; try")
+    assert "\n" not in message

@@ -72,8 +72,8 @@ def build_hardware(
     hw = Hardware(sensor=None, camera=None, lids={})  # type: ignore[arg-type]
     try:
         if kind == "pi":
-            hw.pin_factory = None  # gpiozero's default factory for this Pi
-            hw.sensor = _pi_sensor(config, None)
+            hw.pin_factory = gpio.pi_pin_factory()
+            hw.sensor = _pi_sensor(config, hw.pin_factory)
         else:
             from bin_daemon.hardware.fakes import ItemFeed
 

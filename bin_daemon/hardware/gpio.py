@@ -7,6 +7,7 @@ Every device is built with an explicit ``pin_factory`` (None = gpiozero's defaul
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Any
 
@@ -15,6 +16,31 @@ from gpiozero.exc import GPIOZeroError, PWMSoftwareFallback
 from gpiozero.pins.mock import MockFactory, MockPWMPin, MockTriggerPin
 
 from bin_daemon.errors import HardwareError
+
+PI_PIN_FACTORIES = (
+    ("gpiozero.pins.lgpio", "LGPIOFactory"),  # Raspberry Pi OS Bookworm's default (Pi 4 and 5)
+    ("gpiozero.pins.rpigpio", "RPiGPIOFactory"),
+    ("gpiozero.pins.native", "NativeFactory"),
+)
+
+
+def pi_pin_factory() -> Any:
+    """The Pi's GPIO, tried in gpiozero's order (pigpio left out: it needs its own daemon).
+
+    Off a Pi this is one HardwareError line instead of gpiozero's chain of fallback warnings.
+    """
+    reasons = []
+    for module_name, class_name in PI_PIN_FACTORIES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return getattr(importlib.import_module(module_name), class_name)()
+        except Exception as error:  # ImportError, or a library that finds no Pi
+            reasons.append(f"{class_name}: {error}")
+    raise HardwareError(
+        "no GPIO here (not a Raspberry Pi, or python3-lgpio missing; try --hardware fake): "
+        + "; ".join(reasons)
+    )
 
 
 def mock_pin_factory() -> MockFactory:
