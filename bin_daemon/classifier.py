@@ -286,10 +286,11 @@ def _check_tensors(interpreter: Any, path: Path, labels: list[str], card: dict[s
     card_size = (card.get("input") or {}).get("size")
     if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] != shape[2]:
         raise ModelError(f"{path}: input shape {shape}, expected (1, S, S, 3) RGB")
-    if isinstance(card_size, int) and shape[1] != card_size:
-        raise ModelError(
-            f"{path}: input is {shape[1]}x{shape[2]} but its card says {card_size}x{card_size}"
-        )
+    sizes = card_size if isinstance(card_size, list) else [card_size]
+    sizes = [size for size in sizes if isinstance(size, int)]
+    if sizes and shape[1] not in sizes:
+        said = " or ".join(f"{size}x{size}" for size in sizes)
+        raise ModelError(f"{path}: input is {shape[1]}x{shape[2]} but its card says {said}")
     if inp["dtype"] not in (np.uint8, np.int8):
         raise ModelError(
             f"{path}: input type {np.dtype(inp['dtype']).name}, expected uint8 or int8 "

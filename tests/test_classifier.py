@@ -134,6 +134,9 @@ def test_float_model_is_refused(tmp_path):
 def test_input_size_must_match_the_card(tmp_path):
     with pytest.raises(ModelError, match=r"input is 32x32 but its card says 224x224"):
         Classifier.load(make_model_dir(tmp_path, TINY, size=224))
+    with pytest.raises(ModelError, match=r"input is 32x32 but its card says 96x96 or 128x128"):
+        Classifier.load(make_model_dir(tmp_path, TINY, size=[96, 128]))
+    assert Classifier.load(make_model_dir(tmp_path, TINY, size=[32, 224])).input_size == 32
 
 
 def test_label_count_must_match_the_output(tmp_path):
