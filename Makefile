@@ -43,3 +43,11 @@ train: $(VENV)/.train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# CI's arm64 stage: install and run bin-daemon on Debian bookworm arm64 (the Pi's userland)
+# under qemu in a chroot, compare its classifications with x86's, and check that install.sh
+# refuses 32-bit (armhf). Needs root; caches the roots in /var/cache/bin-daemon-arm64.
+# See docs/ARM64.md.
+.PHONY: test-arm64
+test-arm64: $(VENV)/.runtime
+	bash ci/arm64/stage.sh
