@@ -180,7 +180,10 @@ class Service:
 
             def on_event(event: SortEvent, frame: Frame | None) -> None:
                 for sink in sinks:
-                    sink(event)
+                    try:
+                        sink(event)
+                    except OSError as error:  # a full disk must not stop the bin
+                        log.error("could not record item %s: %s", event.item_id, error)
                 self._spool.maybe_save(event, frame.rgb if frame is not None else None)
                 self.notifier.status(self._status())
 
