@@ -40,6 +40,15 @@ class Backbone:
     input_size: int
     trainable_groups: list[list[layers.Layer]]  # from the top of the network down
 
+    def frozen_below(self, top_groups: int | None) -> int:
+        """Make only the top ``top_groups`` groups trainable (all if None); returns frozen count."""
+        frozen = 0
+        for i, group in enumerate(self.trainable_groups):
+            for layer in group:
+                layer.trainable = top_groups is None or i < top_groups
+                frozen += not layer.trainable
+        return frozen
+
 
 def _fold(kernel: np.ndarray, prefix: str, sd: dict[str, np.ndarray], depthwise: bool = False):
     """Fold the batch norm ``prefix`` into a Keras kernel: returns (kernel, bias)."""

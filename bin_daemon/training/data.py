@@ -33,15 +33,34 @@ def load_model_inputs(root: Path, samples: list[Sample], size: int) -> np.ndarra
     return np.stack([to_model_input(load_image(root / s.path), size) for s in samples])
 
 
+def load_features(
+    features: keras.Model, images: list[np.ndarray], size: int, views: int, seed: int
+) -> np.ndarray:
+    """Frozen-backbone features of ``views`` random views of every image, view-major."""
+    rng = np.random.default_rng(seed + 2)
+    out = []
+    for _ in range(views):
+        batch = np.stack([augment(image, size, rng) for image in images]).astype(np.float32)
+        out.append(features.predict(batch, batch_size=32, verbose=0))
+    return np.concatenate(out)
+
+
 class AugmentedBatches(keras.utils.PyDataset):
     """One epoch = every training image once, each as a fresh random bin-camera view."""
 
     def __init__(
-        self, images: list[np.ndarray], targets: np.ndarray, size: int, batch_size: int, seed: int
+        self,
+        images: list[np.ndarray],
+        targets: np.ndarray,
+        size: int,
+        batch_size: int,
+        seed: int,
+        cutmix_probability: float = 0.0,
     ):
         super().__init__()
         self.images, self.targets = images, targets
         self.size, self.batch_size = size, batch_size
+        self.cutmix_probability = cutmix_probability
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images))
 
@@ -51,7 +70,27 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         x = np.stack([augment(self.images[i], self.size, self.rng) for i in chosen])
-        return x.astype(np.float32), self.targets[chosen]
+        y = self.targets[chosen].astype(np.float32)
+        if len(chosen) > 1 and self.rng.random() < self.cutmix_probability:
+            x, y = cutmix(x, y, self.rng)
+        return x.astype(np.float32), y
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.images))
+
+
+def cutmix(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a random box from a shuffled copy of the batch; mix the labels by pasted area."""
+    size = x.shape[1]
+    partner = rng.permutation(len(x))
+    keep = rng.beta(1.0, 1.0)
+    side = int(size * np.sqrt(1.0 - keep))
+    if side == 0:
+        return x, y
+    top, left = rng.integers(0, size - side + 1, size=2)
+    mixed = x.copy()
+    mixed[:, top : top + side, left : left + side] = x[
+        partner, top : top + side, left : left + side
+    ]
+    pasted = side * side / (size * size)
+    return mixed, (1.0 - pasted) * y + pasted * y[partner]

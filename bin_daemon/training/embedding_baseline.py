@@ -18,7 +18,7 @@ import numpy as np
 from bin_daemon.metrics import report
 from bin_daemon.training.camera_effects import augment, bin_camera_view
 from bin_daemon.training.data import load_for_training, load_model_inputs
-from bin_daemon.training.split import scan_dataset, stratified_split
+from bin_daemon.training.split import limit_per_class, scan_dataset, stratified_split
 from bin_daemon.training.tflite_eval import TFLiteModel
 
 EXTRACTOR = "weights/coral/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
@@ -30,11 +30,18 @@ def _embed(extractor: TFLiteModel, images: np.ndarray) -> np.ndarray:
     return extractor.predict(normalised).reshape(len(images), -1)
 
 
-def run(data: Path, shared: Path, seed: int, views_per_image: int = 4, threads: int = 2) -> dict:
+def run(
+    data: Path,
+    shared: Path,
+    seed: int,
+    views_per_image: int = 4,
+    threads: int = 2,
+    per_class_limit: int | None = None,
+) -> dict:
     started = time.monotonic()
     model_bytes = (shared / EXTRACTOR).read_bytes()
     extractor = TFLiteModel(model_bytes, threads)
-    split = stratified_split(scan_dataset(data), seed)
+    split = limit_per_class(stratified_split(scan_dataset(data), seed), per_class_limit)
     labels = sorted({s.label for s in split})
     index = {label: i for i, label in enumerate(labels)}
     train = [s for s in split if s.subset == "train"]

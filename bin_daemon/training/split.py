@@ -81,3 +81,16 @@ def read_split(path: Path) -> list[Sample]:
         return [
             Sample(r["path"], r["label"], r["sha256"], r["subset"]) for r in csv.DictReader(handle)
         ]
+
+
+def limit_per_class(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """The first ``limit`` samples of each (label, subset): a tiny dataset for smoke tests."""
+    if limit is None:
+        return samples
+    out, seen = [], {}
+    for sample in samples:
+        key = (sample.label, sample.subset)
+        if seen.get(key, 0) < limit:
+            out.append(sample)
+            seen[key] = seen.get(key, 0) + 1
+    return out

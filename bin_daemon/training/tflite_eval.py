@@ -23,9 +23,12 @@ class TFLiteModel:
 
     def predict_one(self, model_input: np.ndarray) -> np.ndarray:
         """Scores for one model input (already preprocessed, real-valued or uint8 pixels)."""
-        tensor = quantize(
-            model_input.astype(np.float32), self.input["quantization"], self.input["dtype"]
-        )
+        values = model_input.astype(np.float32)
+        dtype = self.input["dtype"]
+        if np.issubdtype(dtype, np.floating):  # the float reference model
+            tensor = values.astype(dtype)
+        else:
+            tensor = quantize(values, self.input["quantization"], dtype)
         self.interpreter.set_tensor(self.input["index"], tensor[None])
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self.output["index"])[0]

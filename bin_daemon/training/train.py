@@ -17,9 +17,20 @@ from bin_daemon.metrics import report
 from bin_daemon.training import calibration
 from bin_daemon.training.backbones import efficientnet_lite0, lite0_imagenet_weights
 from bin_daemon.training.camera_effects import CORRUPTIONS, augment, bin_camera_view, corrupted_view
-from bin_daemon.training.data import AugmentedBatches, load_for_training, load_model_inputs
+from bin_daemon.training.data import (
+    AugmentedBatches,
+    load_features,
+    load_for_training,
+    load_model_inputs,
+)
 from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
-from bin_daemon.training.split import dataset_hash, scan_dataset, stratified_split, write_split
+from bin_daemon.training.split import (
+    dataset_hash,
+    limit_per_class,
+    scan_dataset,
+    stratified_split,
+    write_split,
+)
 from bin_daemon.training.tflite_eval import TFLiteModel
 
 MODEL_FILE = "waste_classifier.tflite"
@@ -33,7 +44,9 @@ class TrainSettings:
     input_size: int = 224
     seed: int = 20261124
     batch_size: int = 32
-    head_epochs: int = 2
+    head_epochs: int = 60  # on cached features: cheap, early-stopped
+    head_views: int = 4  # augmented views per training image for the head's features
+    finetune_blocks: int | None = 9  # top blocks (the 1x1 head conv counts as one); None = all
     finetune_epochs: int = 18
     head_lr: float = 1e-3
     finetune_lr: float = 3e-4
@@ -42,6 +55,9 @@ class TrainSettings:
     patience: int = 5
     dropout: float = 0.3
     per_class_limit: int | None = None  # a tiny subset for the CI smoke test
+    cutmix_probability: float = 0.5
+    export_sizes: tuple[int, ...] = ()  # inference sizes to try on validation besides input_size
+    work_dir: Path = Path("runs/latest")  # Keras weights (not shipped)
     target_accepted_accuracy: float = 0.98
     representative_count: int = 300
     threads: int = 2
@@ -52,15 +68,17 @@ class TrainSettings:
 class Progress(keras.callbacks.Callback):
     """One line per epoch with the time the rest of the phase will take."""
 
-    def __init__(self, phase: str, epochs: int, log):
+    def __init__(self, phase: str, epochs: int, log, every: int = 1):
         super().__init__()
-        self.phase, self.epochs, self.log = phase, epochs, log
+        self.phase, self.epochs, self.log, self.every = phase, epochs, log, every
         self.started = 0.0
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
         logs = logs or {}
         elapsed = time.monotonic() - self.started
         left = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
@@ -81,18 +99,6 @@ def _class_weights(targets: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def _subset(samples, limit: int | None):
-    if limit is None:
-        return samples
-    out, seen = [], {}
-    for s in samples:
-        key = (s.label, s.subset)
-        if seen.get(key, 0) < limit:
-            out.append(s)
-            seen[key] = seen.get(key, 0) + 1
-    return out
-
-
 def train(settings: TrainSettings) -> dict:
     """Run everything and write the model folder; returns the card."""
     started = time.monotonic()
@@ -102,7 +108,7 @@ def train(settings: TrainSettings) -> dict:
     size = settings.input_size
 
     all_samples = scan_dataset(settings.data)
-    split = _subset(stratified_split(all_samples, settings.seed), settings.per_class_limit)
+    split = limit_per_class(stratified_split(all_samples, settings.seed), settings.per_class_limit)
     write_split(split, out / "split.csv")
     labels = sorted({s.label for s in split})
     index = {label: i for i, label in enumerate(labels)}
@@ -112,7 +118,10 @@ def train(settings: TrainSettings) -> dict:
         + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
     )
 
-    train_images = load_for_training(settings.data, subsets["train"], short_side=round(size * 1.15))
+    sizes = sorted({size, *settings.export_sizes})
+    train_images = load_for_training(
+        settings.data, subsets["train"], short_side=max(round(size * 1.15), sizes[-1])
+    )
     y_train = np.array([index[s.label] for s in subsets["train"]])
     x_val = load_model_inputs(settings.data, subsets["val"], size)
     y_val = np.array([index[s.label] for s in subsets["val"]])
@@ -136,24 +145,42 @@ def train(settings: TrainSettings) -> dict:
         return keras.utils.to_categorical(y, len(labels))
 
     batches = AugmentedBatches(
-        train_images, onehot(y_train), size, settings.batch_size, settings.seed
+        train_images,
+        onehot(y_train),
+        size,
+        settings.batch_size,
+        settings.seed,
+        cutmix_probability=settings.cutmix_probability,
     )
     val = (x_val.astype(np.float32), onehot(y_val))
     class_weight = _class_weights(y_train, len(labels))
 
-    backbone.model.trainable = False
-    model.compile(keras.optimizers.Adam(settings.head_lr), loss, metrics=["accuracy"])
-    _log(f"phase 1: head only, {settings.head_epochs} epochs")
-    model.fit(
-        batches,
+    _log(f"phase 1: head on frozen features of {settings.head_views} views per image")
+    features_in = load_features(
+        backbone.model, train_images, size, settings.head_views, settings.seed
+    )
+    head_model = keras.Sequential([keras.Input(features_in.shape[1:]), dropout, head])
+    head_model.compile(keras.optimizers.Adam(settings.head_lr), loss, metrics=["accuracy"])
+    val_features = backbone.model.predict(x_val.astype(np.float32), verbose=0)
+    head_model.fit(
+        features_in,
+        onehot(np.tile(y_train, settings.head_views)),
         epochs=settings.head_epochs,
-        validation_data=val,
+        batch_size=64,
+        validation_data=(val_features, onehot(y_val)),
         class_weight=class_weight,
         verbose=0,
-        callbacks=[Progress("head", settings.head_epochs, _log)],
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=8, restore_best_weights=True
+            ),
+            Progress("head", settings.head_epochs, _log, every=10),
+        ],
     )
 
     backbone.model.trainable = True
+    frozen = backbone.frozen_below(settings.finetune_blocks)
+    _log(f"fine-tuning the top {settings.finetune_blocks} blocks; {frozen} layers stay frozen")
     steps = len(batches) * settings.finetune_epochs
     schedule = keras.optimizers.schedules.CosineDecay(
         settings.finetune_lr, decay_steps=steps, alpha=0.02
@@ -163,7 +190,7 @@ def train(settings: TrainSettings) -> dict:
         loss,
         metrics=["accuracy"],
     )
-    _log(f"phase 2: fine-tuning all layers, up to {settings.finetune_epochs} epochs")
+    _log(f"phase 2: fine-tuning, up to {settings.finetune_epochs} epochs")
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings.patience, restore_best_weights=True
     )
@@ -177,6 +204,37 @@ def train(settings: TrainSettings) -> dict:
     )
     epochs_run = len(history.history["loss"])
     train_seconds = time.monotonic() - started
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    model.save_weights(settings.work_dir / "classifier.weights.h5")
+
+    # Random crops showed objects larger in training than a whole-square view does: choose the
+    # inference size on validation (FixRes); the convolutions and head work at any size.
+    scores = {}
+    for candidate in sizes:
+        candidate_model = _at_size(model, candidate, len(labels))
+        x_candidate = (
+            x_val
+            if candidate == size
+            else load_model_inputs(settings.data, subsets["val"], candidate)
+        )
+        logits_c = candidate_model.predict(x_candidate.astype(np.float32), verbose=0)
+        scores[candidate] = (
+            float((logits_c.argmax(1) == y_val).mean()),
+            -calibration.nll(logits_c, y_val, 1.0),
+        )
+    export_size = max(sizes, key=lambda c: (scores[c], -c))
+    _log(
+        "validation accuracy by input size: "
+        + ", ".join(f"{c}px {a:.3f}" for c, (a, _) in scores.items())
+        + f" -> {export_size}px"
+    )
+    if export_size != size:
+        model = _at_size(model, export_size, len(labels))
+        size = export_size
+        x_val = load_model_inputs(settings.data, subsets["val"], size)
+        x_test = load_model_inputs(settings.data, test_originals, size)
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    head = model.get_layer("classes")
 
     val_logits = model.predict(x_val.astype(np.float32), verbose=0)
     temperature = calibration.fit_temperature(val_logits, y_val)
@@ -185,7 +243,7 @@ def train(settings: TrainSettings) -> dict:
         f"{calibration.nll(val_logits, y_val, temperature):.4f})"
     )
 
-    final = inference_model(backbone.model, head, temperature)
+    final = inference_model(features, head, temperature)
     rng = np.random.default_rng(settings.seed + 1)
     picks = rng.choice(
         len(train_images), size=min(settings.representative_count, len(train_images)), replace=False
@@ -214,7 +272,7 @@ def train(settings: TrainSettings) -> dict:
         f"macro-F1 {int8_report.macro_f1:.4f}, min recall {int8_report.min_recall:.3f}"
     )
 
-    robustness = _robustness(int8, settings, test_originals, y_test, labels)
+    robustness = _robustness(int8, settings, test_originals, y_test, labels, size)
     _log("bin-camera: " + ", ".join(f"{k} {v:.3f}" for k, v in robustness.items()))
     int8_latency = int8.latency_ms(x_test[0])
     float_latency = float_tfl.latency_ms(x_test[0])
@@ -225,6 +283,8 @@ def train(settings: TrainSettings) -> dict:
         "backbone": settings.backbone,
         "labels": labels,
         "input_size": size,
+        "train_input_size": settings.input_size,
+        "validation_by_input_size": {str(c): a for c, (a, _) in scores.items()},
         "temperature": temperature,
         "unsure_threshold": threshold,
         "coverage_curve": curve,
@@ -260,6 +320,17 @@ def train(settings: TrainSettings) -> dict:
     return results
 
 
+def _at_size(model: keras.Model, size: int, n_classes: int) -> keras.Model:
+    """The same trained network with a (size, size, 3) input."""
+    backbone = efficientnet_lite0(size)
+    logits = keras.layers.Dense(n_classes, name="classes")(
+        keras.layers.Dropout(0.0, name="head_dropout")(backbone.model.output)
+    )
+    resized = keras.Model(backbone.model.input, logits)
+    resized.set_weights(model.get_weights())
+    return resized
+
+
 def load_clean(image: np.ndarray, size: int) -> np.ndarray:
     from bin_daemon.preprocess import to_model_input
 
@@ -267,7 +338,7 @@ def load_clean(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def _robustness(
-    model: TFLiteModel, settings: TrainSettings, samples, y_true, labels
+    model: TFLiteModel, settings: TrainSettings, samples, y_true, labels, size: int
 ) -> dict[str, float]:
     """int8 accuracy on the test split under each corruption and the combined bin-camera view."""
     from bin_daemon.preprocess import load_image
@@ -277,10 +348,8 @@ def _robustness(
     for name in [*CORRUPTIONS, "bin_camera"]:
         rng = np.random.default_rng(settings.seed + 7)
         if name == "bin_camera":
-            views = np.stack([bin_camera_view(img, settings.input_size, rng) for img in originals])
+            views = np.stack([bin_camera_view(img, size, rng) for img in originals])
         else:
-            views = np.stack(
-                [corrupted_view(img, name, settings.input_size, rng) for img in originals]
-            )
+            views = np.stack([corrupted_view(img, name, size, rng) for img in originals])
         results[name] = report(labels, y_true, model.predict(views).argmax(1)).accuracy
     return results

