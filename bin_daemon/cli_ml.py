@@ -1,0 +1,147 @@
+"""`bin-daemon train` and `bin-daemon evaluate`: the model's two commands.
+
+Training needs the ``[train]`` extra (TensorFlow); it is imported only when `train` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from bin_daemon.errors import BinDaemonError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train the classifier and write a model folder (needs the [train] extra)",
+        description="Split the data (seeded, stratified), train with bin-camera augmentation, "
+        "calibrate, export a full-integer TFLite model, evaluate it and write its card.",
+    )
+    train.add_argument("--data", type=Path, required=True, help="folder of class folders")
+    train.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0"])
+    train.add_argument("--out", type=Path, default=Path("models"), help="model folder to write")
+    train.add_argument("--input-size", type=int, default=224, metavar="PX")
+    train.add_argument("--epochs", type=int, default=18, help="fine-tuning epochs at most")
+    train.add_argument("--head-epochs", type=int, default=2)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--seed", type=int, default=20261124, help="split and training seed")
+    train.add_argument(
+        "--compare",
+        choices=["mobilenet-v1-embedding", "none"],
+        default="mobilenet-v1-embedding",
+        help="also train this backbone on the same split for the card's comparison table",
+    )
+    train.add_argument(
+        "--weights-dir", type=Path, help="pretrained weights folder (default: DATA/../../weights)"
+    )
+    train.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("runs/train"),
+        help="where the Keras weights go (not shipped; default: runs/train)",
+    )
+    train.add_argument(
+        "--export-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="PX",
+        help="inference sizes to try on validation besides --input-size",
+    )
+    train.add_argument(
+        "--per-class-limit", type=int, metavar="N", help="use only N images per class and subset"
+    )
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score the model on a folder of class folders",
+        description="Run every image of DATASET_DIR/<label>/ through the daemon's preprocessing "
+        "and the int8 model; print accuracy, macro-F1, per-class metrics and the confusion matrix.",
+    )
+    evaluate.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    evaluate.add_argument(
+        "--model", type=Path, metavar="DIR", help="model folder (default: configured)"
+    )
+    evaluate.add_argument("--config", type=Path, metavar="PATH", help="config file (for the model)")
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bin_daemon.classifier import Classifier
+    from bin_daemon.evaluate import evaluate, format_table
+
+    if args.model is not None:
+        classifier = Classifier.load(args.model, num_threads=args.threads)
+    else:
+        from bin_daemon.config import load_config
+        from bin_daemon.service import load_classifier
+
+        classifier = load_classifier(load_config(args.config))
+    result = evaluate(classifier, args.dataset)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=1))
+    else:
+        print(f"model {classifier.version} ({classifier.model_path})")
+        print(format_table(result))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from bin_daemon.training import card, embedding_baseline
+        from bin_daemon.training.train import MODEL_FILE, TrainSettings, train
+    except ImportError as error:
+        raise BinDaemonError(
+            f"training needs the [train] extra ({error.name} is missing): pip install -e '.[train]'"
+        ) from error
+    if not args.data.is_dir():
+        raise BinDaemonError(f"{args.data}: dataset folder not found")
+    weights = args.weights_dir or args.data.resolve().parents[1] / "weights"
+    command = "bin-daemon " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
+    settings = TrainSettings(
+        data=args.data,
+        out=args.out,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.epochs,
+        per_class_limit=args.per_class_limit,
+        work_dir=args.work_dir,
+        export_sizes=tuple(args.export_sizes),
+        command=command or f"bin-daemon train --data {args.data} --out {args.out}",
+    )
+    results = train(settings)
+    rows = [
+        {
+            "backbone": f"{args.backbone} {args.input_size}px (fine-tuned, shipped)",
+            "int8_accuracy": results["test_int8"]["accuracy"],
+            "int8_macro_f1": results["test_int8"]["macro_f1"],
+            "float_accuracy": results["test_float"]["accuracy"],
+            "bin_camera_accuracy": results["bin_camera"]["bin_camera"],
+            "size_bytes": results["size_bytes"]["int8"],
+            "latency_ms_p50": results["latency_ms"]["int8_p50"],
+        }
+    ]
+    if args.compare == "mobilenet-v1-embedding":
+        print("[train] comparison: MobileNetV1 embedding extractor + head", flush=True)
+        rows.append(
+            embedding_baseline.run(
+                args.data, weights.parent, args.seed, per_class_limit=args.per_class_limit
+            )
+        )
+    written = card.write_card(results, args.out, rows)
+    print(
+        f"wrote {args.out / MODEL_FILE} ({written['size_bytes'] / 1e6:.2f} MB, sha256 "
+        f"{written['sha256'][:12]}), test accuracy {written['metrics']['test_int8']['accuracy']:.1%}; "
+        f"card: {args.out / 'MODEL_CARD.md'}"
+    )
+    return 0

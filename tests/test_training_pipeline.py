@@ -1,0 +1,96 @@
+"""The whole training pipeline on a tiny dataset: split, train, int8 export, card, evaluate.
+
+This is the CI proof that `bin-daemon train` works end to end (about a minute); it does not
+train the shipped model, whose numbers are in models/MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bin_daemon.cli import main
+
+pytest.importorskip("tensorflow", reason="needs the [train] extra")
+
+SAMPLES = Path(__file__).parent / "data" / "samples"
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    data = tmp_path_factory.mktemp("data")
+    for folder in SAMPLES.iterdir():
+        if folder.is_dir():
+            shutil.copytree(folder, data / folder.name)
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--input-size",
+        "96",
+        "--epochs",
+        "1",
+        "--head-epochs",
+        "1",
+        "--batch-size",
+        "8",
+    ]
+    if (SHARED_WEIGHTS / "coral").is_dir():
+        args += ["--weights-dir", str(SHARED_WEIGHTS)]
+    else:
+        args += ["--compare", "none"]
+    assert main(args) == 0
+    return out
+
+
+def test_writes_a_full_integer_model_with_its_card(trained):
+    from bin_daemon.classifier import load_interpreter_class
+
+    model = trained / "waste_classifier.tflite"
+    card = json.loads((trained / "model_card.json").read_text())
+    assert card["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert card["labels"] == (trained / "labels.txt").read_text().split()
+    assert card["input"]["size"] == 96 and 0 < card["unsure_threshold"] < 1
+    assert card["temperature"] > 0
+    interpreter_class, _ = load_interpreter_class()
+    interpreter = interpreter_class(model_path=str(model))
+    interpreter.allocate_tensors()
+    assert interpreter.get_input_details()[0]["dtype"] == np.uint8
+    assert interpreter.get_output_details()[0]["dtype"] == np.uint8
+    assert list(interpreter.get_output_details()[0]["shape"]) == [1, 6]
+    float_tensors = [
+        t["name"] for t in interpreter.get_tensor_details() if t["dtype"] == np.float32
+    ]
+    assert float_tensors == [], f"not full-integer: float tensors {float_tensors[:5]}"
+    for name in ("MODEL_CARD.md", "confusion_matrix.png", "coverage_curve.png", "split.csv"):
+        assert (trained / name).stat().st_size > 0
+    assert set(card["targets"]) >= {"accuracy", "macro_f1", "min_recall", "bin_camera_accuracy"}
+    assert card["dataset"]["hash"] and card["dataset"]["split_seed"] == 20261124
+    if (SHARED_WEIGHTS / "coral").is_dir():
+        assert len(card["backbones"]) == 2
+
+
+def test_split_file_names_every_image_with_its_hash(trained):
+    lines = (trained / "split.csv").read_text().splitlines()
+    assert lines[0] == "path,label,sha256,subset" and len(lines) == 25
+    path, _, sha, _ = lines[1].split(",")
+    assert sha == hashlib.sha256((SAMPLES / path).read_bytes()).hexdigest()
+
+
+def test_evaluate_scores_the_trained_model(trained, capsys):
+    assert main(["evaluate", str(SAMPLES), "--model", str(trained), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 24 and result["labels"][:6] == sorted(
+        p.name for p in SAMPLES.iterdir() if p.is_dir()
+    )
+    assert np.array(result["confusion"]).sum() == 24
+    assert 0.0 <= result["accuracy"] <= 1.0
