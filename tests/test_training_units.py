@@ -66,7 +66,9 @@ def test_threshold_is_the_lowest_reaching_the_target_accuracy():
     # confidences 0.95 (right), 0.9 (right), 0.6 (wrong), 0.55 (right), 0.4 (wrong)
     probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.4, 0.6], [0.55, 0.45], [0.6, 0.4]])
     targets = np.array([0, 0, 0, 0, 1])
-    threshold, curve = calibration.choose_threshold(probs, targets, target_accuracy=0.99)
+    threshold, curve = calibration.choose_threshold(
+        probs, targets, target_accuracy=0.99, min_coverage=0.4
+    )
     assert threshold == pytest.approx(0.61)
     at = next(p for p in curve if p["threshold"] == threshold)
     assert at["coverage"] == pytest.approx(0.4) and at["accuracy"] == 1.0
@@ -118,3 +120,14 @@ def test_camera_effects_keep_shape_and_are_seeded():
     clean = corrupted_view(image, "jpeg", 64, np.random.default_rng(1))
     assert low.mean() < 0.7 * clean.mean()
     assert bin_camera_view(image, 64, np.random.default_rng(2)).shape == (64, 64, 3)
+
+
+def test_threshold_never_makes_too_many_items_unsure():
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.4, 0.6], [0.55, 0.45], [0.6, 0.4]])
+    targets = np.array([0, 0, 0, 0, 1])
+    threshold, curve = calibration.choose_threshold(
+        probs, targets, target_accuracy=0.99, min_coverage=0.8
+    )
+    at = next(p for p in curve if p["threshold"] == threshold)
+    assert at["coverage"] >= 0.8
+    assert threshold == pytest.approx(0.60)  # the highest that still keeps 80% of items

@@ -48,14 +48,20 @@ def coverage_curve(probs: np.ndarray, targets: np.ndarray) -> list[dict]:
 
 
 def choose_threshold(
-    probs: np.ndarray, targets: np.ndarray, target_accuracy: float
+    probs: np.ndarray, targets: np.ndarray, target_accuracy: float, min_coverage: float = 0.85
 ) -> tuple[float, list[dict]]:
-    """The lowest threshold whose accepted items reach ``target_accuracy`` on validation."""
+    """The lowest threshold whose accepted items reach ``target_accuracy`` on validation,
+    but never one that sends more than ``1 - min_coverage`` of the items to the fallback bin:
+    an "unsure" item is a recyclable lost to landfill, so sorting must stay the rule."""
     curve = coverage_curve(probs, targets)
+    chosen = curve[0]["threshold"]
     for point in curve:
+        if point["coverage"] < min_coverage:
+            break
+        chosen = point["threshold"]
         if point["accuracy"] >= target_accuracy:
-            return point["threshold"], curve
-    return curve[-1]["threshold"], curve
+            break
+    return chosen, curve
 
 
 def accepted_stats(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict:

@@ -170,6 +170,7 @@ def _pct(x: float) -> str:
 def render_markdown(card: dict) -> str:
     m = card["metrics"]
     t = m["test_int8"]
+    settings = card["training"]["settings"]
     lines = [
         f"# Model card: {card['name']}",
         "",
@@ -184,8 +185,10 @@ def render_markdown(card: dict) -> str:
         "",
         f"Quantisation: {card['quantisation']}.",
         "",
-        f"Unsure threshold: **{card['unsure_threshold']:.2f}** (lowest confidence at which the "
-        f"validation items kept reach the target accuracy; see the coverage curve). On the test split "
+        f"Unsure threshold: **{card['unsure_threshold']:.2f}**: the lowest confidence at which the "
+        f"validation items kept reach {_pct(settings.get('target_accepted_accuracy', 0.98))} accuracy, "
+        f"but never one that keeps fewer than {_pct(settings.get('min_coverage', 0.85))} of them "
+        "(an unsure item is a recyclable sent to landfill); see the coverage curve. On the test split "
         f"it keeps {_pct(m['accepted_at_threshold']['coverage'])} of items, sorted with "
         f"{_pct(m['accepted_at_threshold']['accuracy_accepted'])} accuracy; the rest go to the fallback bin.",
         "",

@@ -59,6 +59,7 @@ class TrainSettings:
     export_sizes: tuple[int, ...] = ()  # inference sizes to try on validation besides input_size
     work_dir: Path = Path("runs/latest")  # Keras weights (not shipped)
     target_accepted_accuracy: float = 0.98
+    min_coverage: float = 0.85  # at most 15% of items "unsure" on validation
     representative_count: int = 300
     threads: int = 2
     command: str = ""
@@ -261,7 +262,7 @@ def train(settings: TrainSettings) -> dict:
 
     val_probs = int8.predict(x_val)
     threshold, curve = calibration.choose_threshold(
-        val_probs, y_val, settings.target_accepted_accuracy
+        val_probs, y_val, settings.target_accepted_accuracy, settings.min_coverage
     )
     test_int8 = int8.predict(x_test)
     test_float = float_tfl.predict(x_test)
