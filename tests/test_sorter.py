@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bin_daemon.errors import HardwareError
 from bin_daemon.hardware.fakes import FakeClock, FakeLid, FakeProximitySensor
@@ -219,3 +221,26 @@ def test_a_failing_servo_is_closed_and_reported_not_fatal():
 def test_timing_is_validated():
     with pytest.raises(ValueError, match="hold_open_s must be zero or more seconds"):
         Timing(hold_open_s=-1, lid_move_s=0, cooldown_s=0, debounce_s=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 8.0), st.booleans()), min_size=1, max_size=12))
+def test_any_sensor_pattern_never_opens_more_than_items_and_ends_closed(segments):
+    """Each opening needs its own inactive->active edge; every lid ends closed and detached."""
+    edges, t, bounds = 0, 1001.0, []
+    previous = False
+    for length, active in segments:
+        bounds.append((t, t + length, active))
+        edges += int(active and not previous)
+        previous, t = active, t + length
+
+    def pattern(now):
+        return any(start <= now < end and active for start, end, active in bounds)
+
+    rig = Rig(answers=[("glass", 0.9)] * 20, pattern=pattern)
+    rig.sorter.start()
+    rig.run_for(t - 1000 + 10)
+    rig.sorter.shutdown()
+    opens = sum(lid.history.count("open") for lid in rig.lids.values())
+    assert opens == len(rig.events) <= edges
+    assert all(not lid.is_open and not lid.attached for lid in rig.lids.values())
