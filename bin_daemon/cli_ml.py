@@ -10,8 +10,21 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from bin_daemon.errors import BinDaemonError
+
+# The training recipe's defaults, without importing TensorFlow: see TrainSettings.
+DEFAULTS = SimpleNamespace(
+    input_size=256,
+    export_sizes=(288, 320),
+    finetune_epochs=20,
+    head_epochs=60,
+    finetune_blocks=9,
+    finetune_lr=1e-4,
+    batch_size=32,
+    seed=20261124,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,11 +37,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--data", type=Path, required=True, help="folder of class folders")
     train.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0"])
     train.add_argument("--out", type=Path, default=Path("models"), help="model folder to write")
-    train.add_argument("--input-size", type=int, default=224, metavar="PX")
-    train.add_argument("--epochs", type=int, default=18, help="fine-tuning epochs at most")
-    train.add_argument("--head-epochs", type=int, default=2)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--seed", type=int, default=20261124, help="split and training seed")
+    train.add_argument("--input-size", type=int, default=DEFAULTS.input_size, metavar="PX")
+    train.add_argument(
+        "--epochs", type=int, default=DEFAULTS.finetune_epochs, help="fine-tuning epochs at most"
+    )
+    train.add_argument(
+        "--head-epochs",
+        type=int,
+        default=DEFAULTS.head_epochs,
+        help="head epochs on cached frozen features (early-stopped)",
+    )
+    train.add_argument(
+        "--finetune-blocks",
+        type=int,
+        default=DEFAULTS.finetune_blocks,
+        help="fine-tune only the top N of the 18 layer groups (18 = all)",
+    )
+    train.add_argument(
+        "--lr", type=float, default=DEFAULTS.finetune_lr, help="fine-tuning peak rate"
+    )
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="split and training seed")
     train.add_argument(
         "--compare",
         choices=["mobilenet-v1-embedding", "none"],
@@ -48,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--export-sizes",
         type=int,
         nargs="*",
-        default=[],
+        default=list(DEFAULTS.export_sizes),
         metavar="PX",
         help="inference sizes to try on validation besides --input-size",
     )
@@ -117,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         per_class_limit=args.per_class_limit,
         work_dir=args.work_dir,
         export_sizes=tuple(args.export_sizes),
+        finetune_blocks=args.finetune_blocks,
+        finetune_lr=args.lr,
         command=command or f"bin-daemon train --data {args.data} --out {args.out}",
     )
     results = train(settings)

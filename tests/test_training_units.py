@@ -131,3 +131,13 @@ def test_threshold_never_makes_too_many_items_unsure():
     at = next(p for p in curve if p["threshold"] == threshold)
     assert at["coverage"] >= 0.8
     assert threshold == pytest.approx(0.60)  # the highest that still keeps 80% of items
+
+
+def test_cli_defaults_are_the_training_recipe():
+    pytest.importorskip("keras", reason="needs the [train] extra")
+    from bin_daemon.cli_ml import DEFAULTS
+    from bin_daemon.training.train import TrainSettings
+
+    recipe = TrainSettings(data=Path("."), out=Path("."))
+    for name, value in vars(DEFAULTS).items():
+        assert getattr(recipe, name) == value, name
