@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class Prediction:
     """The best TOP_K (label, probability) pairs, most probable first."""
     scores: np.ndarray
     """All probabilities (float), in label order."""
+    preprocess_ms: float = 0.0
+    """Time spent cropping, resizing and quantising the frame (part of a classify call)."""
 
 
 def load_interpreter_class() -> tuple[type, str]:
@@ -185,15 +188,23 @@ class Classifier:
 
     def classify(self, rgb: np.ndarray) -> Prediction:
         """Label one RGB uint8 image of any size (it is cropped and resized like in training)."""
+        started = time.perf_counter()
         pixels = preprocess.to_model_input(rgb, self.input_size)
         tensor = quantize(pixels.astype(np.float32), self._input_q, self._input_dtype)
+        preprocess_ms = (time.perf_counter() - started) * 1000
         self._interpreter.set_tensor(self._input_index, tensor[np.newaxis])
         self._interpreter.invoke()
         raw = self._interpreter.get_tensor(self._output_index)[0]
         scores = dequantize(raw, self._output_q)
         order = np.argsort(-scores, kind="stable")
         top = [(self.labels[i], float(scores[i])) for i in order[:TOP_K]]
-        return Prediction(label=top[0][0], confidence=top[0][1], top=top, scores=scores)
+        return Prediction(
+            label=top[0][0],
+            confidence=top[0][1],
+            top=top,
+            scores=scores,
+            preprocess_ms=preprocess_ms,
+        )
 
 
 _XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."

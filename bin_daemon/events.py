@@ -27,7 +27,8 @@ class SortEvent:
     frame_source: str | int | None
     """The image path (fake camera) or the sensor timestamp in ns (Pi camera)."""
     latency_ms: dict[str, float]
-    """capture, classify, total (trigger to decision)."""
+    """capture, classify (preprocess included), preprocess, decide, total (trigger to
+    decision), and trigger_to_lid (trigger to the lid's open command; absent if not opened)."""
     seq: int = 0
     reason: str = ""
     lid: str = "pending"

@@ -109,6 +109,7 @@ class Sorter:
         self.counts = Counts(per_bin=Counter())
         self._active_since: float | None = None
         self._seq = 0
+        self._lid_commanded_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -171,6 +172,8 @@ class Sorter:
         self.state = State.BUSY
         self._seq += 1
         wall = self.clock.time()
+        triggered = self._stopwatch()
+        self._lid_commanded_at = None
         event, frame = self._classify(trigger=trigger, wall=wall)
         try:
             event.lid = self._cycle_lid(event.bin)
@@ -178,6 +181,10 @@ class Sorter:
             event.lid = "failed"
             event.error = f"lid '{event.bin}': {error}"
             log.error("lid '%s' failed: %s", event.bin, error)
+        if self._lid_commanded_at is not None:  # servo travel and the hold excluded
+            event.latency_ms["trigger_to_lid"] = round(
+                (self._lid_commanded_at - triggered) * 1000, 2
+            )
         self._count(event)
         if self.on_event is not None:
             self.on_event(event, frame)
@@ -196,13 +203,14 @@ class Sorter:
         confidence = 0.0
         top: list[dict[str, object]] = []
         error: str | None = None
-        capture_ms = classify_ms = 0.0
+        capture_ms = classify_ms = preprocess_ms = 0.0
         try:
             frame = self.camera.capture(not_before=trigger)
             captured = self._stopwatch()
             capture_ms = (captured - start) * 1000
             prediction = self.classifier.classify(frame.rgb)
             classify_ms = (self._stopwatch() - captured) * 1000
+            preprocess_ms = getattr(prediction, "preprocess_ms", 0.0)
             label, confidence = prediction.label, prediction.confidence
             top = [{"label": name, "score": round(score, 4)} for name, score in prediction.top]
         except Exception as failure:  # the item is on the flap: it must go somewhere
@@ -211,8 +219,10 @@ class Sorter:
             log.error(
                 "item %d: %s; sending it to the fallback bin", self._seq, error, exc_info=not known
             )
+        decide_started = self._stopwatch()
         choice = self.decide(label, confidence)
-        total_ms = (self._stopwatch() - start) * 1000
+        decided = self._stopwatch()
+        total_ms = (decided - start) * 1000
         event = SortEvent(
             item_id=_item_id(wall, self._seq),
             ts=iso_utc(wall),
@@ -226,6 +236,8 @@ class Sorter:
             latency_ms={
                 "capture": round(capture_ms, 2),
                 "classify": round(classify_ms, 2),
+                "preprocess": round(preprocess_ms, 2),
+                "decide": round((decided - decide_started) * 1000, 3),
                 "total": round(total_ms, 2),
             },
             seq=self._seq,
@@ -242,6 +254,7 @@ class Sorter:
         interrupted = False
         try:
             lid.open()
+            self._lid_commanded_at = self._stopwatch()
             log.debug(
                 "item %d: lid %s open, holding %.2f s", self._seq, name, self.timing.hold_open_s
             )

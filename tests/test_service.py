@@ -69,7 +69,12 @@ def test_run_fake_with_real_model_writes_one_event_per_item(tmp_path, samples_di
     assert len(records) == 7
     for seq, record in enumerate(records, 1):
         assert record.keys() >= REQUIRED
-        assert set(record["latency_ms"]) == {"capture", "classify", "total"}
+        latency = record["latency_ms"]
+        assert set(latency) == {
+            "capture", "classify", "preprocess", "decide", "total", "trigger_to_lid"
+        }  # fmt: skip
+        assert 0 < latency["preprocess"] < latency["classify"] <= latency["total"]
+        assert latency["total"] <= latency["trigger_to_lid"]
         assert len(record["top"]) == 3 and record["lid"] == "completed"
         assert record["bin"] in ("recycling", "glass", "landfill")
         assert len(record["model"]) == 64 and record["seq"] == seq

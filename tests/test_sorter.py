@@ -109,6 +109,29 @@ def test_one_item_full_cycle_in_order_with_simulated_time():
     assert rig.sorter.counts.items == 1
 
 
+def test_latency_breakdown_ends_at_the_lid_open_command():
+    ticks = iter(range(100))
+    rig = Rig(pattern=lambda t: 1001.0 <= t < 1001.4)
+    rig.sorter._stopwatch = lambda: next(ticks) / 1000  # each reading 1 ms later
+    rig.sorter.start()
+    rig.run_for(10)
+    latency = rig.events[0].latency_ms
+    # readings: trigger 0, start 1, captured 2, classified 3, decide 4-5, lid commanded 6
+    assert latency == {
+        "capture": 1.0, "classify": 1.0, "preprocess": 0.0, "decide": 1.0, "total": 4.0,
+        "trigger_to_lid": 6.0,
+    }  # fmt: skip
+
+
+def test_no_trigger_to_lid_when_the_lid_never_opened():
+    rig = Rig(pattern=lambda t: t >= 1001.0)
+    rig.sorter.start()
+    rig.stop.set()
+    event = rig.sorter.sort_item(trigger=1001.0)
+    assert event.lid == "not opened (stopping)"
+    assert "trigger_to_lid" not in event.latency_ms
+
+
 def test_short_blip_shorter_than_debounce_is_ignored():
     rig = Rig(pattern=lambda t: 1001.00 <= t < 1001.03)
     rig.sorter.start()
