@@ -146,7 +146,7 @@ class Classifier:
                 f"{LABELS_FILE} and {CARD_FILE} in it)"
             )
         folder = folder.resolve()
-        card = _read_card(folder / CARD_FILE)
+        card = read_card(folder / CARD_FILE)
         model_path = folder / str(card.get("model_file") or MODEL_FILE)
         labels = _read_labels(folder / LABELS_FILE)
         card_labels = card.get("labels")
@@ -237,7 +237,8 @@ def _filtered_stderr(drop: bytes) -> Iterator[None]:
                 os.write(2, b"".join(rest))
 
 
-def _read_card(path: Path) -> dict[str, Any]:
+def read_card(path: Path) -> dict[str, Any]:
+    """The model card at ``path`` as a dict; :class:`ModelError` naming the file if it is unusable."""
     if not path.is_file():
         raise ModelError(f"{path}: model card missing (every model folder has a {CARD_FILE})")
     try:

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bin_daemon.classifier import TFLITE_MAGIC, read_card
 from bin_daemon.errors import ModelError
 from bin_daemon.paths import PACKAGE_DIR
 
@@ -44,7 +45,6 @@ MODEL_FILE = "waste_classifier.tflite"
 LABELS_FILE = "labels.txt"
 CARD_FILE = "model_card.json"
 INSTALL_RECORD = "installed.json"
-TFLITE_MAGIC = b"TFL3"
 """A TFLite flatbuffer carries its file identifier at byte offset 4."""
 
 DEFAULT_STORE = Path("/var/lib/bin-daemon/models")
@@ -101,25 +101,13 @@ def _locate(source: Path) -> tuple[Path, Path, Path]:
         model_path = source / MODEL_FILE
         if card_path.is_file() and not model_path.is_file():
             # The card may name the file differently.
-            named = _read_card(card_path).get("model_file")
+            named = read_card(card_path).get("model_file")
             if isinstance(named, str) and named and "/" not in named:
                 model_path = source / named
         return model_path, card_path, source / LABELS_FILE
     if source.is_file():
         return source, source.parent / CARD_FILE, source.parent / LABELS_FILE
     raise ModelError(f"{source}: no such file or folder")
-
-
-def _read_card(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(f"{path}: model card missing (every model ships with {CARD_FILE})")
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: model card is not valid JSON ({error})") from error
-    if not isinstance(card, dict):
-        raise ModelError(f"{path}: model card must be a JSON object")
-    return card
 
 
 def _check_card(card: dict[str, Any], where: Path) -> None:
@@ -171,7 +159,7 @@ def check_model(source: Path) -> CheckedModel:
             f"{model}: not a TFLite model (no 'TFL3' identifier at byte 4; "
             f"found {head[4:8]!r}); was it exported with the LiteRT converter?"
         )
-    card = _read_card(card_path)
+    card = read_card(card_path)
     _check_card(card, card_path)
     digest = sha256_file(model)
     if digest != card["sha256"].lower():
