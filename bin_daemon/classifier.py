@@ -254,7 +254,7 @@ def read_card(path: Path) -> dict[str, Any]:
         or not 0 <= threshold <= 1
     ):
         raise ModelError(
-            f"{path}: unsure_threshold must be a number from 0 to 1, got {threshold!r}"
+            f"{path}: unsure_threshold must be a number between 0 and 1, got {threshold!r}"
         )
     return card
 
