@@ -86,6 +86,17 @@ def test_tiny_uint8_model_classifies_any_image_size(tmp_path, samples_dir):
         assert prediction.scores.sum() == pytest.approx(1.0, abs=0.03)
 
 
+def test_identity_input_quantisation_feeds_pixels_unchanged(tmp_path, samples_dir):
+    classifier = Classifier.load(make_model_dir(tmp_path, TINY), num_threads=1)
+    assert classifier._pixels_are_input  # scale ~1, zero point 0: every pixel maps to itself
+    image = load_image(next(iter(sorted(samples_dir.rglob("*.jpg")))))
+    fast = classifier.classify(image)
+    classifier._pixels_are_input = False  # the general path: quantise from float
+    slow = classifier.classify(image)
+    assert np.array_equal(fast.scores, slow.scores)
+    assert fast.preprocess_ms >= 0 and slow.preprocess_ms > 0
+
+
 # --- bad models: one clear line naming the file ------------------------------------------
 
 
