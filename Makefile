@@ -37,6 +37,12 @@ lint: $(VENV)/.runtime
 	$(BIN)/ruff check bin_daemon tests
 	$(BIN)/ruff format --check bin_daemon tests
 
+# Speed and memory of the shipped int8 model against float TFLite and Keras (each in a fresh
+# process, 1/2/4 threads), and the daemon on fake hardware (READY time, trigger to lid).
+# Writes docs/benchmarks.json and docs/BENCHMARKS.md. A few minutes; run it on a quiet machine.
+bench: $(VENV)/.train
+	$(BIN)/python bench/run.py --command "make bench"
+
 # The real training run (about an hour on 2 cores); writes models/.
 train: $(VENV)/.train
 	$(BIN)/bin-daemon train --data ../shared/datasets/trashnet --backbone efficientnet-lite0 --out models/

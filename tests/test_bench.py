@@ -1,0 +1,64 @@
+"""The benchmark's pieces, quickly: one int8 worker run, and the report keeping others' sections.
+
+No timing assertions: only that the numbers are there and sane.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_int8_worker_prints_its_numbers_as_json():
+    worker = str(ROOT / "bench" / "worker.py")
+    spawned_at = time.time()
+    done = subprocess.run(
+        [sys.executable, worker, "int8", "1", "--runs", "5", "--spawned-at", repr(spawned_at)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["runtime"] == "int8" and result["threads"] == 1 and result["runs"] == 5
+    for key in ("p50_ms", "p95_ms", "min_ms", "cold_start_s", "rss_mb", "startup_to_load_s"):
+        assert result[key] > 0, key
+    assert result["min_ms"] <= result["p50_ms"] <= result["p95_ms"]
+    assert result["startup_to_load_s"] <= result["cold_start_s"] < time.time() - spawned_at + 1
+    assert 0 <= result["preprocess_p50_ms"] < result["p50_ms"]
+    assert result["input_size"] > 0 and result["label"]
+
+
+def test_percentile_matches_numpy_linear():
+    worker = load_bench_module("worker")
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert worker.percentile(values, 50) == 3.0
+    assert worker.percentile(values, 95) == 4.8
+    assert worker.percentile([7.0], 95) == 7.0
+
+
+def test_report_keeps_other_sections(tmp_path):
+    run = load_bench_module("run")
+    path = tmp_path / "BENCHMARKS.md"
+    soak = "## Soak\n\nwritten by someone else\n"
+    run.write_markdown(path, f"{run.SECTION_START}\nfirst\n{run.SECTION_END}\n")
+    path.write_text(path.read_text() + "\n" + soak)
+    run.write_markdown(path, f"{run.SECTION_START}\nsecond\n{run.SECTION_END}\n")
+    text = path.read_text()
+    assert "second" in text and "first" not in text
+    assert text.count(soak) == 1 and text.startswith("# Benchmarks")
