@@ -368,14 +368,14 @@ def markdown(res: dict) -> str:
         "peak resident set (`ru_maxrss`) at the end.",
         "",
         "| runtime | threads | p50 ms | p95 ms | of which preprocess (p50) | cold start s | "
-        "peak RSS MB | runs |",
-        "|---|---|---|---|---|---|---|---|",
+        "peak RSS MB | runs | sample's label |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["runs"]:
         lines.append(
             f"| {RUNTIME_NAMES[r['runtime']]} | {r['threads']} | {fmt(r['p50_ms'], 2)} | "
             f"{fmt(r['p95_ms'], 2)} | {fmt(r['preprocess_p50_ms'], 2)} | "
-            f"{fmt(r['cold_start_s'], 2)} | {fmt(r['rss_mb'])} | {r['runs']} |"
+            f"{fmt(r['cold_start_s'], 2)} | {fmt(r['rss_mb'])} | {r['runs']} | {r['label']} |"
         )
     by = {(r["runtime"], r["threads"]): r for r in res["runs"]}
     overhead = res["keras_predict_ms_p50_2t"] - res["keras_call_ms_p50_2t"]
@@ -430,7 +430,7 @@ def markdown(res: dict) -> str:
     ]
     steps = [
         ("capture (fake camera: read + JPEG decode of the photo)", "capture"),
-        ("preprocess (crop, resize, quantise)", "preprocess"),
+        ("preprocess (crop, resize; quantise unless identity)", "preprocess"),
         ("inference (invoke + scores)", "inference"),
         ("classify = preprocess + inference", "classify"),
         ("decide (policy)", "decide"),
@@ -479,7 +479,9 @@ def markdown(res: dict) -> str:
         "Caveats: the Pi 4 figure is a 2020 XNNPACK FP32 number on 4 threads (all 4 cores), "
         f"ours uses all {m['usable_cpus']} cores here; newer XNNPACK releases and int8 kernels "
         "with NEON dot-product are faster on ARM than that, so the int8 projection is likely "
-        "pessimistic. Scaling the whole trigger-to-lid path by a compute ratio ignores the real "
+        "pessimistic. The projection assumes 4 interpreter threads on the Pi's 4 cores: the "
+        "default `model.num_threads` is 2, set it to 4 on a Pi to get there. "
+        "Scaling the whole trigger-to-lid path by a compute ratio ignores the real "
         "camera (picamera2 hands over a frame already in memory, no JPEG decode) and GPIO "
         "latency. Sources:",
         "",
@@ -526,12 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     if before["training_pids"]:
         log(f"warning: a training run is going on ({before}); timings will be inflated")
     card = json.loads((ROOT / "models" / "model_card.json").read_text())
-    size = card["input"]["size"]
     model = {
         "file": f"models/{card.get('model_file', 'waste_classifier.tflite')}",
         "version": card.get("version"),
         "sha256": card.get("sha256"),
-        "input_size": size[0] if isinstance(size, list) else size,
+        "input_size": None,  # the int8 worker reports the model's own
     }
     runs_extra = ["--runs", "5"] if args.quick else []
     with tempfile.TemporaryDirectory(prefix="bin-daemon-bench-") as tmp:
@@ -552,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"cold {result['cold_start_s']:.2f} s"
                 )
                 runs.append(result)
+                if runtime == "int8":
+                    model["input_size"] = result["input_size"]
         two = 2 if 2 in args.threads else args.threads[0]
         mnv2 = worker("float-tflite", two, "--tflite", str(mnv2_path), *runs_extra)
         log(f"MobileNetV2 reference {two}t: p50 {mnv2['p50_ms']:.2f} ms")
