@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hardware(lid)
     lid.set_defaults(func=cmd_lid)
 
+    events = sub.add_parser("events", help="list sorted items from the event log")
+    _add_config(events)
+    events.add_argument(
+        "--log", type=Path, metavar="PATH", help="event log file (default: the config's)"
+    )
+    events.add_argument(
+        "--since", metavar="T", help="from this time: ISO (2026-11-24T08:00, UTC) or 30m, 2h, 1d"
+    )
+    events.add_argument(
+        "--json", action="store_true", help="JSON lines, the records `run --events` writes"
+    )
+    events.set_defaults(func=cmd_events)
+
     sensor = sub.add_parser("sensor", help="print live proximity sensor readings (calibration)")
     _add_config(sensor)
     _add_hardware(sensor)
@@ -162,23 +175,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from bin_daemon import config as config_module
-    from bin_daemon.classifier import LABELS_FILE
-    from bin_daemon.paths import shipped_models_dir
+    from bin_daemon.service import load_classifier, make_policy
 
     if args.print_default:
         sys.stdout.write(config_module.default_config_text())
         return 0
     config = config_module.load_config(args.config)
-    model_dir = config.model_dir() or shipped_models_dir()
-    labels_path = model_dir / LABELS_FILE
-    notes = []
-    if labels_path.is_file():
-        labels = [
-            x.strip() for x in labels_path.read_text(encoding="utf-8").splitlines() if x.strip()
-        ]
-        notes = config.check_labels(labels)
-    else:
-        notes = [f"{labels_path}: not found, the bins' labels were not checked against the model"]
+    # The model as the daemon will load it: file, card, sha256, tensor shapes and types,
+    # labels against the output. A bad one is one ModelError line here, before the start.
+    classifier = load_classifier(config)
+    notes = config.check_labels(classifier.labels)
+    make_policy(config, classifier)  # an unsure threshold must come from somewhere
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     sensor = config.sensor
@@ -189,7 +196,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"< {sensor.trigger_distance_m} m)"
     )
     bins = ", ".join(f"{name} (GPIO{b.servo_gpio})" for name, b in config.bins.items())
-    print(f"{config.source}: OK: sensor {sensor_text}; bins {bins}; fallback {config.fallback_bin}")
+    print(
+        f"{config.source}: OK: sensor {sensor_text}; bins {bins}; fallback {config.fallback_bin}; "
+        f"model {classifier.version} ({classifier.model_path})"
+    )
     return 0
 
 
@@ -231,6 +241,31 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=1))
     return EXIT_ERROR if failed else 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from bin_daemon import eventlog
+    from bin_daemon.config import load_config
+
+    path = args.log if args.log is not None else load_config(args.config).event_log_path()
+    since = None
+    if args.since is not None:
+        try:
+            since = eventlog.parse_since(args.since)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    count = 0
+    for record in eventlog.read_events(path, since=since):
+        if args.json:
+            print(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+        else:
+            if count == 0:
+                print(eventlog.TABLE_HEADER)
+            print(eventlog.table_line(record))
+        count += 1
+    if not args.json:
+        print(f"{count} items" + (f" since {since}" if since else ""), file=sys.stderr)
+    return 0
 
 
 def cmd_lid(args: argparse.Namespace) -> int:

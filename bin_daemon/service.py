@@ -1,9 +1,16 @@
 """``bin-daemon run``: wiring and lifecycle.
 
-Start in order (config, logging, model, hardware, lids closed), then READY=1; stop in reverse
-(lids closed and detached, devices released, STOPPING=1). SIGTERM/SIGINT end the run after
-the current item (a lid's hold is cut short, its close never is), exit status 0. SIGHUP
-reloads the config and the model between items; if the new ones are bad the old ones stay.
+Start in order (config, logging, model, event log, hardware, lids closed), then READY=1;
+stop in reverse (lids closed and detached, devices released, STOPPING=1). SIGTERM/SIGINT end
+the run after the current item (a lid's hold is cut short, its close never is), exit status
+0. SIGHUP reloads the config and the model between items; if the new ones are bad the old
+ones stay.
+
+Health: WATCHDOG=1 is sent only from the loop's own thread, when it makes progress (a poll,
+a slice of a wait), so a hung camera or classifier silences it and systemd restarts the
+service. A lid guard (``lidguard.py``) closes any lid open longer than
+``timing.max_open_s``, from the loop and from its own timer thread. Device faults are
+reported as ``STATUS=degraded: ...`` and clear when the device recovers.
 """
 
 from __future__ import annotations
@@ -22,20 +29,24 @@ from bin_daemon import journal
 from bin_daemon.classifier import Classifier
 from bin_daemon.config import Config, load_config
 from bin_daemon.errors import BinDaemonError, ModelError
+from bin_daemon.eventlog import EventLog
 from bin_daemon.events import JsonLinesSink, SortEvent
 from bin_daemon.hardware import HardwareKind, build_hardware
 from bin_daemon.hardware.clock import SystemClock
 from bin_daemon.hardware.fakes import FakeClock
 from bin_daemon.hardware.ports import Clock, Frame
+from bin_daemon.lidguard import LidGuard
 from bin_daemon.paths import shipped_models_dir
 from bin_daemon.policy import Policy
-from bin_daemon.sorter import Sorter, Timing
+from bin_daemon.sorter import CameraRetry, Sorter, Timing
 from bin_daemon.spool import Spool
 
 log = logging.getLogger("bin_daemon")
 
 WATCHDOG_EVERY_S = 1.0
 """At most this long between WATCHDOG=1 pings while the loop is healthy (or half WatchdogSec)."""
+LID_GUARD_EVERY_S = 0.5
+"""The lid guard's timer: how often it checks, whatever the loop is doing."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,25 @@ def make_timing(config: Config) -> Timing:
         lid_move_s=config.timing.lid_move_s,
         cooldown_s=config.timing.cooldown_s,
         debounce_s=config.sensor.debounce_s,
+        stuck_after_s=config.sensor.stuck_after_s,
     )
+
+
+def make_camera_retry(config: Config) -> CameraRetry:
+    return CameraRetry(
+        attempts=config.camera.capture_attempts,
+        backoff_s=config.camera.retry_backoff_s,
+        black_level=config.camera.black_frame_level,
+    )
+
+
+def open_event_log(config: Config) -> EventLog | None:
+    """The event log, or None (logged) if it cannot be opened: sorting goes on without it."""
+    try:
+        return EventLog(config.event_log_path(), keep_days=config.event_log.keep_days)
+    except BinDaemonError as error:
+        log.error("%s; decisions go only to the journal", error)
+        return None
 
 
 def make_spool(config: Config) -> Spool:
@@ -103,6 +132,8 @@ class Service:
         clock: Clock | None = None,
         notifier: journal.Notifier | None = None,
         stdout: TextIO | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        classifier_factory: Callable[[Config], Any] | None = None,
     ) -> None:
         self.options = options
         self.stop = threading.Event()
@@ -114,6 +145,12 @@ class Service:
             FakeClock(start_time_s=time.time()) if simulated else SystemClock()
         )
         self.sorter: Sorter | None = None
+        self.lid_guard: LidGuard | None = None
+        self.event_log: EventLog | None = None
+        self.faults: dict[str, str] = {}
+        """Service-level faults (the event log); the sorter keeps the devices' own."""
+        self._monotonic = monotonic
+        self._load_classifier = classifier_factory or load_classifier
         self._last_watchdog = float("-inf")
         self._journal = False
 
@@ -148,7 +185,7 @@ class Service:
         config = load_config(options.config_path)
         self._journal = journal.use_journal(config.logging.journal)
         journal.setup_logging(config.logging.level, journal=self._journal)
-        classifier = load_classifier(config)
+        classifier = self._load_classifier(config)
         for warning in config.check_labels(classifier.labels):
             log.warning("%s", warning)
         policy = make_policy(config, classifier)
@@ -163,6 +200,11 @@ class Service:
         sinks: list[Callable[[SortEvent], None]] = [
             journal.ItemReporter(journal=self._journal, stream=self.stdout)
         ]
+        self.event_log = open_event_log(config)
+        if self.event_log is None:
+            self.faults["event_log"] = "event log: cannot be opened"
+        else:
+            sinks.insert(0, self.event_log.record)  # durable first
         events_file = JsonLinesSink(options.events_path) if options.events_path else None
         if events_file is not None:
             sinks.append(events_file)
@@ -175,14 +217,24 @@ class Service:
             images=options.images,
             max_items=options.max_items,
         )
+        self.lid_guard = LidGuard(clock=self.clock, max_open_s=config.timing.max_open_s)
+        lids = self.lid_guard.wrap(hardware.lids)
         try:
             assert hardware.camera is not None
+
+            def on_decision(event: SortEvent) -> None:
+                if self.event_log is None:
+                    return
+                try:
+                    self.event_log.record_decision(event)
+                except (OSError, BinDaemonError) as error:  # a full disk must not stop the bin
+                    log.error("could not record item %s: %s", event.item_id, error)
 
             def on_event(event: SortEvent, frame: Frame | None) -> None:
                 for sink in sinks:
                     try:
                         sink(event)
-                    except OSError as error:  # a full disk must not stop the bin
+                    except (OSError, BinDaemonError) as error:  # nor a failing sink
                         log.error("could not record item %s: %s", event.item_id, error)
                 self._spool.maybe_save(event, frame.rgb if frame is not None else None)
                 self.notifier.status(self._status())
@@ -192,13 +244,17 @@ class Service:
                 camera=hardware.camera,
                 classifier=classifier,
                 decide=policy.decide,
-                lids=hardware.lids,
+                lids=lids,
                 timing=make_timing(config),
                 clock=self.clock,
                 stop=self.stop,
                 on_event=on_event,
-                heartbeat=self._watchdog,
+                on_decision=on_decision,
+                on_faults=lambda: self.notifier.status(self._status()),
+                heartbeat=self._heartbeat,
+                camera_retry=make_camera_retry(config),
             )
+            self.lid_guard.start(LID_GUARD_EVERY_S)
             self.sorter.start()
             self._config = config
             where = f"{options.hardware} hardware"
@@ -220,9 +276,12 @@ class Service:
                 if self.sorter is not None:
                     self.sorter.shutdown()
             finally:
+                self.lid_guard.stop()
                 hardware.close()
                 if events_file is not None:
                     events_file.close()
+                if self.event_log is not None:
+                    self.event_log.close()
             log.info("stopped: all lids closed")
             if self.sorter is not None and not self._journal:
                 print(self._summary(), file=self.stdout, flush=True)
@@ -236,7 +295,7 @@ class Service:
                 self.reload_requested.clear()
                 self.reload()
                 poll_interval_s = self._config.timing.poll_interval_s
-            self._watchdog()
+            self._heartbeat()
             event = self.sorter.poll()
             if max_items is not None and self.sorter.counts.items >= max_items:
                 log.info("sorted %d items (--max-items)", self.sorter.counts.items)
@@ -244,8 +303,15 @@ class Service:
             if event is None:
                 self.clock.sleep(poll_interval_s, interrupt=self.stop)
 
+    def _heartbeat(self) -> None:
+        """The loop made progress: enforce the lids' hard cap, feed the watchdog."""
+        if self.lid_guard is not None:
+            self.lid_guard.check()
+        self._watchdog()
+
     def _watchdog(self) -> None:
-        now = time.monotonic()
+        """Send WATCHDOG=1 if due. Called only from the loop's thread, only on progress."""
+        now = self._monotonic()
         every = min(WATCHDOG_EVERY_S, journal.watchdog_interval_s() or WATCHDOG_EVERY_S)
         if now - self._last_watchdog >= every:
             self._last_watchdog = now
@@ -257,7 +323,7 @@ class Service:
         self.notifier.reloading()
         try:
             config = load_config(self.options.config_path)
-            classifier = load_classifier(config)
+            classifier = self._load_classifier(config)
             for warning in config.check_labels(classifier.labels):
                 log.warning("%s", warning)
             policy = make_policy(config, classifier)
@@ -271,6 +337,9 @@ class Service:
         self.sorter.classifier = classifier
         self.sorter.decide = policy.decide
         self.sorter.timing = make_timing(config)
+        self.sorter.camera_retry = make_camera_retry(config)
+        if self.lid_guard is not None:
+            self.lid_guard.max_open_s = config.timing.max_open_s
         self._spool = make_spool(config)
         self._config = config
         log.info("reloaded: model %s (sha256 %s)", classifier.version, classifier.sha256[:12])
@@ -279,7 +348,7 @@ class Service:
     def _status(self) -> str:
         if self.sorter is None:
             return "starting"
-        return self.sorter.counts.status(self.sorter.state)
+        return self.sorter.counts.status(self.sorter.state, {**self.sorter.faults, **self.faults})
 
     def _summary(self) -> str:
         assert self.sorter is not None

@@ -1,0 +1,254 @@
+"""The local event log: every decision, durable across ``kill -9`` and power loss.
+
+SQLite (stdlib ``sqlite3``) in WAL mode, one row per item, ``item_id`` UNIQUE:
+
+* A decision is inserted *before* its lid opens, with ``synchronous=FULL``: the commit is
+  fsynced, so once a lid moves its decision survives a power cut. The row's ``lid`` is
+  ``pending`` until the item is finished.
+* When the item is finished its row is updated (the lid outcome, the full record) with
+  ``synchronous=NORMAL``: that survives a crash of the process (the WAL is in the page
+  cache) but a power cut may roll it back to ``pending``; the next FULL commit makes it
+  durable too. One fsync per item keeps a Pi's SD card cheap; a decision is never lost.
+* Inserting an ``item_id`` that is already there updates that row instead: a replay can
+  never duplicate an item.
+
+``event_json`` holds exactly what ``run --events`` writes for the item (one JSON line), so
+``bin-daemon events --json`` and ``--events`` files are interchangeable. ``published_at``
+is NULL until a publisher (the MQTT offline queue) marks the row as sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bin_daemon.errors import BinDaemonError
+from bin_daemon.events import SortEvent, iso_utc
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "events.sqlite3"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id           INTEGER PRIMARY KEY,          -- insertion order
+    item_id      TEXT    NOT NULL UNIQUE,      -- <UTC time>-<run id>-<seq>, unique across runs
+    ts           TEXT    NOT NULL,             -- trigger time, ISO 8601 UTC (sorts as text)
+    label        TEXT,                         -- NULL: not classified (camera or image error)
+    confidence   REAL,
+    bin          TEXT    NOT NULL,
+    unsure       INTEGER NOT NULL,
+    model        TEXT    NOT NULL,             -- sha256 of the model file
+    lid          TEXT    NOT NULL,             -- pending | completed | hold cut short ... | failed
+    error        TEXT,
+    event_json   TEXT    NOT NULL,             -- the record, as `run --events` writes it
+    recorded_at  TEXT    NOT NULL,             -- when the row was last written
+    published_at TEXT                          -- NULL until a publisher (MQTT) has sent it
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE INDEX IF NOT EXISTS events_unpublished ON events (id) WHERE published_at IS NULL;
+"""
+
+_UPSERT = """
+INSERT INTO events (item_id, ts, label, confidence, bin, unsure, model, lid, error,
+                    event_json, recorded_at)
+VALUES (:item_id, :ts, :label, :confidence, :bin, :unsure, :model, :lid, :error,
+        :event_json, :recorded_at)
+ON CONFLICT (item_id) DO UPDATE SET
+    label = excluded.label, confidence = excluded.confidence, bin = excluded.bin,
+    unsure = excluded.unsure, model = excluded.model, lid = excluded.lid,
+    error = excluded.error, event_json = excluded.event_json,
+    recorded_at = excluded.recorded_at
+"""
+
+
+def default_path() -> Path:
+    """``$STATE_DIRECTORY/events.sqlite3`` under systemd, else the user's state folder."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]) / FILE_NAME
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "bin-daemon" / FILE_NAME
+
+
+def _now_iso() -> str:
+    return iso_utc(datetime.now(UTC).timestamp())
+
+
+class EventLog:
+    """The SQLite event log. ``record_decision`` before the lid opens, ``record`` after."""
+
+    def __init__(self, path: str | Path, *, keep_days: float = 0) -> None:
+        self.path = Path(path)
+        self.keep_days = keep_days
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: autocommit, each statement its own transaction.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL not supported here")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=2000")
+            self._db.executescript(SCHEMA)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} is newer than this program's {SCHEMA_VERSION}"
+                )
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (OSError, sqlite3.Error) as error:
+            raise BinDaemonError(f"{self.path}: cannot open the event log ({error})") from error
+        self._synchronous = "FULL"
+        self.prune()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def record_decision(self, event: SortEvent) -> None:
+        """The decision, before the lid opens: fsynced (survives a power cut)."""
+        self._write(event, synchronous="FULL")
+
+    def record(self, event: SortEvent) -> None:
+        """The finished item (lid outcome): survives a crash; fsynced by the next decision."""
+        self._write(event, synchronous="NORMAL")
+
+    __call__ = record  # an event sink like the others
+
+    def _write(self, event: SortEvent, *, synchronous: str) -> None:
+        try:
+            if synchronous != self._synchronous:
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
+            self._db.execute(_UPSERT, _row(event))
+        except sqlite3.Error as error:  # disk full, read-only, I/O error
+            raise BinDaemonError(f"{self.path}: cannot write the event log ({error})") from error
+
+    def mark_published(self, item_ids: list[str], when: str | None = None) -> None:
+        """For a publisher: these rows have been sent."""
+        stamp = when or _now_iso()
+        with self._db:
+            self._db.executemany(
+                "UPDATE events SET published_at = ? WHERE item_id = ?",
+                [(stamp, item_id) for item_id in item_ids],
+            )
+
+    def prune(self) -> int:
+        """Delete rows older than ``keep_days`` (0: keep everything). The number deleted.
+
+        Age counts back from the newest row or now, whichever is earlier: a clock that jumps
+        ahead (a Pi without a real-time clock) cannot wipe the log.
+        """
+        if not self.keep_days:
+            return 0
+        try:
+            newest = self._db.execute("SELECT max(ts) FROM events").fetchone()[0]
+            now = iso_utc(datetime.now(UTC).timestamp())
+            reference = datetime.fromisoformat(min(now, newest or now).replace("Z", "+00:00"))
+            cutoff = iso_utc((reference - timedelta(days=self.keep_days)).timestamp())
+            deleted = self._db.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
+        except sqlite3.Error as error:
+            log.warning("event log: could not delete old rows (%s)", error)
+            return 0
+        if deleted:
+            log.info("event log: deleted %d items older than %g days", deleted, self.keep_days)
+        return deleted
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+
+def _row(event: SortEvent) -> dict[str, Any]:
+    return {
+        "item_id": event.item_id,
+        "ts": event.ts,
+        "label": event.label,
+        "confidence": event.confidence,
+        "bin": event.bin,
+        "unsure": int(event.unsure),
+        "model": event.model,
+        "lid": event.lid,
+        "error": event.error,
+        "event_json": event.to_json(),
+        "recorded_at": _now_iso(),
+    }
+
+
+# -- reading (`bin-daemon events`) --------------------------------------------------------
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> str:
+    """``--since``: an ISO time (``2026-11-24``, ``2026-11-24T08:00``, UTC unless an offset
+    is given) or a relative one (``30s``, ``15m``, ``2h``, ``1d``, ``1w``). ISO UTC text."""
+    match = _RELATIVE.match(text)
+    if match:
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2).lower()]
+        moment = (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        return iso_utc(moment.timestamp())
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: expected an ISO time (2026-11-24T08:00) or an age (30m, 2h, 1d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return iso_utc(moment.timestamp())
+
+
+def read_events(path: str | Path, *, since: str | None = None) -> Iterator[dict[str, Any]]:
+    """The records in the log (oldest first), as ``run --events`` wrote them."""
+    path = Path(path)
+    if not path.is_file():
+        raise BinDaemonError(f"{path}: no event log here (the daemon creates it on its first run)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise BinDaemonError(f"{path}: cannot open the event log ({error})") from error
+    try:
+        query = "SELECT event_json, published_at FROM events"
+        args: tuple[str, ...] = ()
+        if since is not None:
+            query += " WHERE ts >= ?"
+            args = (since,)
+        for event_json, published_at in db.execute(query + " ORDER BY ts, id", args):
+            record = json.loads(event_json)
+            if published_at is not None:
+                record["published_at"] = published_at
+            yield record
+    except sqlite3.Error as error:
+        raise BinDaemonError(f"{path}: cannot read the event log ({error})") from error
+    finally:
+        db.close()
+
+
+def table_line(record: dict[str, Any]) -> str:
+    """One readable row: time, item, label, confidence, bin, lid, error."""
+    label = record.get("label") or "-"
+    confidence = record.get("confidence")
+    conf = f"{confidence:.2f}" if isinstance(confidence, int | float) else "-"
+    unsure = "unsure" if record.get("unsure") else ""
+    line = (
+        f"{record.get('ts', ''):<24}  {record.get('item_id', ''):<34}  {label:<10} {conf:>4}  "
+        f"{record.get('bin', ''):<10} {unsure:<6}  {record.get('lid', '')}"
+    )
+    if record.get("error"):
+        line += f"  {record['error']}"
+    return line.rstrip()
+
+
+TABLE_HEADER = (
+    f"{'time (UTC)':<24}  {'item':<34}  {'label':<10} {'conf':>4}  {'bin':<10} {'':<6}  lid"
+)
