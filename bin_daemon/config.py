@@ -26,7 +26,7 @@ GpioPin = Annotated[int, Field(ge=0, le=27, description="BCM GPIO number (0-27)"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -59,6 +59,13 @@ class IrSensorConfig(_Section):
         None, description="Internal pull resistor: true=up, false=down, null=none (floating)"
     )
     debounce_s: float = Field(0.05, ge=0, le=5, description="Must stay active this long to count")
+    stuck_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Active this long without a new item: a sensor fault (reported; no lid "
+        "moves) until it clears",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IrSensorConfig:
@@ -79,6 +86,16 @@ class UltrasonicSensorConfig(_Section):
     )
     max_distance_m: float = Field(1.0, gt=0, le=4, description="Readings are capped here")
     debounce_s: float = Field(0.1, ge=0, le=5, description="Must stay active this long to count")
+    echo_timeout_s: float = Field(
+        1.0, gt=0, le=10, description="No echo reading for this long: a sensor fault"
+    )
+    stuck_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Active this long without a new item: a sensor fault (reported; no lid "
+        "moves) until it clears",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> UltrasonicSensorConfig:
@@ -103,6 +120,19 @@ class CameraConfig(_Section):
     )
     max_stale_frames: int = Field(
         5, ge=1, le=100, description="Frames older than the trigger discarded before giving up"
+    )
+    capture_attempts: int = Field(
+        3, ge=1, le=10, description="Tries per item (capture error, timeout, stale or black frame)"
+    )
+    retry_backoff_s: float = Field(
+        0.2, ge=0, le=10, description="Wait before the second try; doubled for each further one"
+    )
+    black_frame_level: float = Field(
+        3.0,
+        ge=0,
+        le=255,
+        description="A frame whose mean brightness (0-255) is below this is black (lens "
+        "covered, sensor dead) and is retried; 0 = never",
     )
 
 
@@ -138,6 +168,21 @@ class TimingConfig(_Section):
     )
     cooldown_s: float = Field(1.0, ge=0, le=60, description="Pause after an item before re-arming")
     poll_interval_s: float = Field(0.02, gt=0, le=1, description="How often the sensor is read")
+    max_open_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="Hard cap: a lid open longer than this is driven closed, whatever happens",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TimingConfig:
+        if self.max_open_s <= self.hold_open_s + self.lid_move_s:
+            raise ValueError(
+                f"max_open_s ({self.max_open_s:g}) must be more than hold_open_s + lid_move_s "
+                f"({self.hold_open_s + self.lid_move_s:g})"
+            )
+        return self
 
 
 class SpoolConfig(_Section):
@@ -151,6 +196,17 @@ class SpoolConfig(_Section):
     )
     quota_mb: float = Field(200, gt=0, description="Oldest files are deleted beyond this size")
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of saved frames")
+
+
+class EventLogConfig(_Section):
+    path: Path | None = Field(
+        None,
+        description="SQLite event log (one row per item); null = $STATE_DIRECTORY/"
+        "events.sqlite3 under systemd, else ~/.local/state/bin-daemon/events.sqlite3",
+    )
+    keep_days: float = Field(
+        365, ge=0, le=36500, description="Items older than this are deleted; 0 = keep all"
+    )
 
 
 class LoggingConfig(_Section):
@@ -170,6 +226,7 @@ class Config(_Section):
     fallback_bin: str = Field(description="Bin for unsure items and labels not listed anywhere")
     timing: TimingConfig = Field(default_factory=TimingConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    event_log: EventLogConfig = Field(default_factory=EventLogConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     source: str = Field("<built-in>", exclude=True, description="Where this config was read")
 
@@ -245,6 +302,16 @@ class Config(_Section):
         if self.model.dir is None or self.model.dir.is_absolute() or self.source.startswith("<"):
             return self.model.dir
         return Path(self.source).parent / self.model.dir
+
+    def event_log_path(self) -> Path:
+        from bin_daemon.eventlog import default_path
+
+        path = self.event_log.path
+        if path is None:
+            return default_path()
+        if path.is_absolute() or self.source.startswith("<"):
+            return path
+        return Path(self.source).parent / path
 
     def spool_dir(self) -> Path:
         if self.spool.dir is not None:

@@ -16,10 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bin_daemon import MAX_IMAGE_PIXELS
 from bin_daemon.errors import ImageError
-
-MAX_IMAGE_PIXELS = 64_000_000
-"""Refuse to decode anything larger (a 64 MP frame is already far beyond any Pi camera)."""
 
 
 def decode_image(data: bytes, source: str = "image") -> np.ndarray:
@@ -31,7 +29,15 @@ def decode_image(data: bytes, source: str = "image") -> np.ndarray:
     if not data:
         raise ImageError(f"{source}: empty file (0 bytes), not an image")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        if "MAX_IMAGE_PIXELS" in str(error):
+            raise ImageError(
+                f"{source}: larger than the {MAX_IMAGE_PIXELS // 1_000_000} MP this program "
+                "accepts (refused before decoding)"
+            ) from None
+        raise ImageError(f"{source}: not a decodable image ({error.err or error})") from None
     if image is None or image.size == 0:
         raise ImageError(f"{source}: not a decodable image (truncated, corrupt or unknown format)")
     if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:

@@ -8,12 +8,22 @@ Everything is synchronous and driven by :meth:`Sorter.poll`, so a sensor that fi
 item is being handled is simply not looked at (re-triggers are ignored), and a sensor stuck
 active re-arms only once it has gone inactive (the lid cannot flap). Lids are driven closed
 at start, after every item and at every exit path. Time comes from an injected clock.
+
+Faults are kept in :attr:`Sorter.faults` (``{"camera": "...", "sensor": "..."}``; the service
+reports them as ``STATUS=degraded: ...``) and clear themselves when the device recovers:
+
+* camera: a capture error, timeout, stale or black frame is retried with backoff
+  (``CameraRetry``); if every try fails the item goes to the fallback bin.
+* sensor: a read that fails counts as "no item"; active for ``stuck_after_s`` while waiting
+  for it to clear is a "stuck" fault (no lid moves) until it goes inactive.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
+import secrets
 import threading
 import time
 from collections import Counter
@@ -24,7 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bin_daemon.errors import BinDaemonError
+from bin_daemon.errors import BinDaemonError, HardwareError
 from bin_daemon.events import SortEvent, iso_utc
 from bin_daemon.hardware.ports import Camera, Clock, Frame, Lid, ProximitySensor
 from bin_daemon.policy import BinChoice
@@ -55,12 +65,29 @@ class Timing:
     lid_move_s: float
     cooldown_s: float
     debounce_s: float
+    stuck_after_s: float = math.inf
+    """Sensor active this long while waiting for it to clear: a sensor fault."""
 
     def __post_init__(self) -> None:
-        for name in ("hold_open_s", "lid_move_s", "cooldown_s", "debounce_s"):
+        for name in ("hold_open_s", "lid_move_s", "cooldown_s", "debounce_s", "stuck_after_s"):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be zero or more seconds, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CameraRetry:
+    """Tries per item and the wait between them (doubled each time); black frame level."""
+
+    attempts: int = 1
+    backoff_s: float = 0.0
+    black_level: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+        if not self.backoff_s >= 0 or not self.black_level >= 0:
+            raise ValueError("backoff_s and black_level must be zero or more")
 
 
 @dataclass
@@ -70,10 +97,13 @@ class Counts:
     errors: int = 0
     per_bin: Counter[str] | None = None
 
-    def status(self, state: State) -> str:
+    def status(self, state: State, faults: Mapping[str, str] | None = None) -> str:
         bins = ", ".join(f"{k} {v}" for k, v in sorted((self.per_bin or {}).items()))
         text = f"{self.items} items ({self.unsure} unsure, {self.errors} errors)"
-        return f"{text}; {bins}; {state.value}" if bins else f"{text}; {state.value}"
+        text = f"{text}; {bins}; {state.value}" if bins else f"{text}; {state.value}"
+        if faults:
+            text = f"degraded: {'; '.join(faults.values())}; {text}"
+        return text
 
 
 class Sorter:
@@ -89,8 +119,12 @@ class Sorter:
         clock: Clock,
         stop: threading.Event | None = None,
         on_event: Callable[[SortEvent, Frame | None], None] | None = None,
+        on_decision: Callable[[SortEvent], None] | None = None,
+        on_faults: Callable[[], None] | None = None,
         heartbeat: Callable[[], None] | None = None,
         stopwatch: Callable[[], float] = time.perf_counter,
+        camera_retry: CameraRetry | None = None,
+        run_id: str | None = None,
     ) -> None:
         if not lids:
             raise ValueError("a sorter needs at least one lid")
@@ -103,11 +137,19 @@ class Sorter:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.on_event = on_event
+        self.on_decision = on_decision
+        self.on_faults = on_faults
         self.heartbeat = heartbeat
         self._stopwatch = stopwatch
+        self.camera_retry = camera_retry or CameraRetry()
+        self.run_id = run_id or secrets.token_hex(3)
+        """Part of every item id, so ids stay unique across restarts (even if the clock repeats)."""
         self.state = State.WAIT_CLEAR
         self.counts = Counts(per_bin=Counter())
+        self.faults: dict[str, str] = {}
         self._active_since: float | None = None
+        self._clear_wait_since: float | None = None
+        self._camera_failed_items = 0
         self._seq = 0
         self._lid_commanded_at: float | None = None
 
@@ -117,8 +159,8 @@ class Sorter:
         """Drive every lid closed (then detach) and wait for a clear sensor."""
         self.close_all_lids()
         self._active_since = None
-        if self.sensor.is_active:
-            self.state = State.WAIT_CLEAR
+        if self._read_sensor():
+            self._enter_wait_clear()
             log.warning("sensor is active at start: waiting for it to clear before sorting")
         else:
             self.state = State.ARMED
@@ -148,12 +190,25 @@ class Sorter:
 
     def poll(self) -> SortEvent | None:
         """Read the sensor once; sort an item if one has arrived. The item's event, or None."""
-        active = self.sensor.is_active
+        active = self._read_sensor()
         now = self.clock.monotonic()
         if self.state is State.WAIT_CLEAR:
             if not active:
                 self.state = State.ARMED
                 self._active_since = None
+                if self.faults.get("sensor", "").startswith("sensor: stuck"):
+                    log.warning("sensor: clear again; sorting resumes")
+                    self._clear_fault("sensor")
+            elif (
+                self._clear_wait_since is not None
+                and now - self._clear_wait_since >= self.timing.stuck_after_s
+                and "sensor" not in self.faults
+            ):
+                self._set_fault(
+                    "sensor",
+                    f"sensor: stuck active for {now - self._clear_wait_since:.0f} s "
+                    "(something on the flap, or a faulty sensor); no lid moves until it clears",
+                )
             return None
         if self.state is not State.ARMED:
             return None
@@ -167,6 +222,38 @@ class Sorter:
         self._active_since = None
         return self.sort_item(trigger=now)
 
+    def _read_sensor(self) -> bool:
+        """The raw sensor reading; a failing read is a sensor fault and counts as 'no item'."""
+        try:
+            active = bool(self.sensor.is_active)
+        except Exception as error:
+            known = isinstance(error, BinDaemonError)
+            text = str(error) if known else f"{type(error).__name__}: {error}"
+            if not text.startswith("sensor") and not text.startswith("HC-SR04"):
+                text = f"sensor: {text}"
+            self._set_fault("sensor", f"{text} (read failed; treated as no item)")
+            return False
+        if self.faults.get("sensor", "").endswith("(read failed; treated as no item)"):
+            log.warning("sensor: readings are back")
+            self._clear_fault("sensor")
+        return active
+
+    def _enter_wait_clear(self) -> None:
+        self.state = State.WAIT_CLEAR
+        self._clear_wait_since = self.clock.monotonic()
+
+    def _set_fault(self, device: str, text: str) -> None:
+        if self.faults.get(device) == text:
+            return
+        self.faults[device] = text
+        log.error("%s", text)
+        if self.on_faults is not None:
+            self.on_faults()
+
+    def _clear_fault(self, device: str) -> None:
+        if self.faults.pop(device, None) is not None and self.on_faults is not None:
+            self.on_faults()
+
     def sort_item(self, *, trigger: float) -> SortEvent:
         """Handle one item whose sensor trigger was at ``trigger`` (monotonic seconds)."""
         self.state = State.BUSY
@@ -175,6 +262,8 @@ class Sorter:
         triggered = self._stopwatch()
         self._lid_commanded_at = None
         event, frame = self._classify(trigger=trigger, wall=wall)
+        if self.on_decision is not None:
+            self.on_decision(event)  # recorded before the lid moves: never lost
         try:
             event.lid = self._cycle_lid(event.bin)
         except Exception as error:  # a servo that fails must not stop the bin
@@ -190,10 +279,12 @@ class Sorter:
             self.on_event(event, frame)
         if event.lid == "completed" and not self.stop.is_set():
             self._wait(self.timing.cooldown_s, interruptible=True)
-        still_there = self.sensor.is_active
+        still_there = self._read_sensor()
         if still_there:
             log.info("sensor still active after the item: re-arming once it clears")
-        self.state = State.WAIT_CLEAR if still_there else State.ARMED
+            self._enter_wait_clear()
+        else:
+            self.state = State.ARMED
         return event
 
     def _classify(self, *, trigger: float, wall: float) -> tuple[SortEvent, Frame | None]:
@@ -205,7 +296,7 @@ class Sorter:
         error: str | None = None
         capture_ms = classify_ms = preprocess_ms = 0.0
         try:
-            frame = self.camera.capture(not_before=trigger)
+            frame = self._capture(trigger)
             captured = self._stopwatch()
             capture_ms = (captured - start) * 1000
             prediction = self.classifier.classify(frame.rgb)
@@ -224,7 +315,7 @@ class Sorter:
         decided = self._stopwatch()
         total_ms = (decided - start) * 1000
         event = SortEvent(
-            item_id=_item_id(wall, self._seq),
+            item_id=_item_id(wall, self.run_id, self._seq),
             ts=iso_utc(wall),
             label=label,
             confidence=None if label is None else round(confidence, 4),
@@ -245,6 +336,52 @@ class Sorter:
             error=error,
         )
         return event, frame
+
+    def _capture(self, trigger: float) -> Frame:
+        """A good frame for this item, retried with backoff; HardwareError if none came."""
+        retry = self.camera_retry
+        delay = retry.backoff_s
+        failure: BinDaemonError = HardwareError("camera: no attempt made")
+        for attempt in range(1, retry.attempts + 1):
+            try:
+                frame = self.camera.capture(not_before=trigger)
+                problem = _frame_problem(frame, trigger, retry.black_level)
+                if problem is None:
+                    self._camera_ok()
+                    return frame
+                failure = HardwareError(f"camera: {problem}")
+            except BinDaemonError as error:
+                failure = error
+            except Exception as error:  # a driver raising anything: still a camera fault
+                failure = HardwareError(f"camera: {type(error).__name__}: {error}")
+            if attempt == retry.attempts or self.stop.is_set():
+                break
+            log.warning(
+                "item %d: %s; retrying in %.2f s (try %d of %d)",
+                self._seq, failure, delay, attempt + 1, retry.attempts,
+            )  # fmt: skip
+            if self._wait(delay, interruptible=True):
+                break  # stopping: no more tries
+            delay *= 2
+        self._camera_failed_items += 1
+        text = str(failure)
+        self._set_fault("camera", text if text.startswith("camera") else f"camera: {text}")
+        recover = getattr(self.camera, "recover", None)
+        if callable(recover):
+            try:
+                recover()
+            except Exception as error:
+                log.warning("camera: restart failed: %s", error)
+        raise failure
+
+    def _camera_ok(self) -> None:
+        if "camera" in self.faults:
+            log.warning(
+                "camera: working again (%d item(s) went to the fallback bin meanwhile)",
+                self._camera_failed_items,
+            )
+            self._clear_fault("camera")
+        self._camera_failed_items = 0
 
     def _cycle_lid(self, name: str) -> str:
         """Open, hold, close, detach. SIGTERM (``stop``) cuts the hold short, never the close."""
@@ -290,6 +427,28 @@ class Sorter:
         self.counts.per_bin[event.bin] += 1
 
 
-def _item_id(wall: float, seq: int) -> str:
+def _frame_problem(frame: Frame, trigger: float, black_level: float) -> str | None:
+    """Why a frame cannot be used (bad array, stale, black), or None."""
+    rgb = frame.rgb
+    if (
+        not isinstance(rgb, np.ndarray)
+        or rgb.dtype != np.uint8
+        or rgb.ndim != 3
+        or rgb.shape[2] != 3
+        or rgb.size == 0
+    ):
+        what = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        return f"bad frame ({what}, expected RGB uint8 (H, W, 3))"
+    if frame.timestamp < trigger:
+        return f"stale frame (exposed {trigger - frame.timestamp:.2f} s before the item arrived)"
+    if black_level > 0:
+        mean = float(rgb[::8, ::8].mean())
+        if mean < black_level:
+            return f"black frame (mean brightness {mean:.1f} < {black_level:g}; lens covered?)"
+    return None
+
+
+def _item_id(wall: float, run_id: str, seq: int) -> str:
+    """``<UTC time to the ms>Z-<run id>-<seq>``: sorts by time, unique across restarts."""
     stamp = datetime.fromtimestamp(wall, UTC)
-    return f"{stamp:%Y%m%dT%H%M%S}{stamp.microsecond // 1000:03d}Z-{seq:04d}"
+    return f"{stamp:%Y%m%dT%H%M%S}{stamp.microsecond // 1000:03d}Z-{run_id}-{seq:04d}"

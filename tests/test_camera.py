@@ -124,9 +124,11 @@ def test_fake_camera_serves_images_by_name_cycling(samples_dir, fake_clock):
         "cardboard/cardboard101.jpg",
         "cardboard/cardboard104.jpg",
     ]
-    sources = [camera.capture(not_before=0).source for _ in range(25)]
+    sources = [camera.capture(not_before=n).source for n in range(25)]
     assert sources[:24] == [str(p) for p in files]
     assert sources[24] == sources[0]
+    # a retry for the same item (the same trigger) gets the same image again
+    assert camera.capture(not_before=24).source == sources[24]
 
 
 def test_fake_camera_without_images(tmp_path, fake_clock):

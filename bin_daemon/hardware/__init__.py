@@ -116,6 +116,7 @@ def _pi_sensor(config: Config, pin_factory: Any) -> ProximitySensor:
         echo_gpio=s.echo_gpio,
         trigger_distance_m=s.trigger_distance_m,
         max_distance_m=s.max_distance_m,
+        echo_timeout_s=s.echo_timeout_s,
         pin_factory=pin_factory,
     )
 

@@ -59,12 +59,17 @@ def image_files(folder: Path) -> list[Path]:
 
 
 class FakeCamera:
-    """Serves the images of a folder in name order, cycling; each frame is fresh."""
+    """Serves the images of a folder in name order, cycling; each frame is fresh.
+
+    One image per item: a retry for the same item (the same ``not_before``) reads the same
+    file again, so a bad image file stands for a camera that keeps failing on that item.
+    """
 
     def __init__(self, folder: str | Path, *, clock: Callable[[], float]) -> None:
         self.files = image_files(Path(folder))
         self._clock = clock
         self._next: Iterator[Path] = self._cycle()
+        self._current: tuple[float, Path] | None = None
         self.captures = 0
 
     def _cycle(self) -> Iterator[Path]:
@@ -72,7 +77,11 @@ class FakeCamera:
             yield from self.files
 
     def capture(self, *, not_before: float) -> Frame:
-        path = next(self._next)
+        if self._current is not None and self._current[0] == not_before:
+            path = self._current[1]
+        else:
+            path = next(self._next)
+            self._current = (not_before, path)
         self.captures += 1
         timestamp = max(self._clock(), not_before)
         return Frame(rgb=load_image(path), timestamp=timestamp, source=str(path))

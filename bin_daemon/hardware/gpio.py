@@ -8,6 +8,7 @@ Every device is built with an explicit ``pin_factory`` (None = gpiozero's defaul
 from __future__ import annotations
 
 import importlib
+import time
 import warnings
 from typing import Any
 
@@ -186,7 +187,14 @@ class IrSensor:
 
 
 class UltrasonicSensor:
-    """An HC-SR04 (``DistanceSensor``): active while something is nearer than the threshold."""
+    """An HC-SR04 (``DistanceSensor``): active while something is nearer than the threshold.
+
+    Echo timeouts: gpiozero drops a reading with no echo and keeps averaging the old ones,
+    and its first reading blocks until its queue is full (forever with no echo). Here a
+    reading waits at most ``echo_timeout_s`` for the queue, and if no echo has come for
+    ``echo_timeout_s`` the read raises :class:`HardwareError` (the sorter's sensor fault)
+    instead of returning a stale distance.
+    """
 
     def __init__(
         self,
@@ -195,9 +203,11 @@ class UltrasonicSensor:
         echo_gpio: int,
         trigger_distance_m: float,
         max_distance_m: float = 1.0,
+        echo_timeout_s: float = 1.0,
         pin_factory: Any = None,
     ) -> None:
         _check_positive("trigger_distance_m", trigger_distance_m)
+        _check_positive("echo_timeout_s", echo_timeout_s)
         if not trigger_distance_m < max_distance_m:
             raise ValueError(
                 f"trigger_distance_m ({trigger_distance_m}) must be less than max_distance_m "
@@ -218,9 +228,34 @@ class UltrasonicSensor:
                 f"HC-SR04: cannot set up trigger GPIO{trigger_gpio} / echo GPIO{echo_gpio}: {error}"
             ) from error
         self.trigger_distance_m = trigger_distance_m
+        self.echo_timeout_s = echo_timeout_s
+        self.last_echo = time.monotonic()  # the start counts as an echo: a grace period
+        read = getattr(self._device, "_read", None)
+        if callable(read):  # gpiozero's sampling thread calls _read; note each echo it gets
+
+            def noting_read() -> Any:
+                value = read()
+                if value is not None:
+                    self.last_echo = time.monotonic()
+                return value
+
+            self._device._read = noting_read
 
     @property
     def distance_m(self) -> float:
+        queue = getattr(self._device, "_queue", None)
+        full = getattr(queue, "full", None)
+        if full is not None and not full.wait(self.echo_timeout_s):
+            raise HardwareError(
+                f"HC-SR04: no echo within {self.echo_timeout_s:g} s (check the echo wire, its "
+                "voltage divider and the 5 V supply)"
+            )
+        silent_s = time.monotonic() - self.last_echo
+        if silent_s > self.echo_timeout_s:
+            raise HardwareError(
+                f"HC-SR04: no echo for {silent_s:.1f} s (check the echo wire, its voltage "
+                "divider and the 5 V supply)"
+            )
         return float(self._device.distance)
 
     @property

@@ -99,6 +99,13 @@ class PiCamera:
             f"camera: {self._max_stale + 1} frames in a row were older than the trigger"
         )
 
+    def recover(self) -> None:
+        """After a failed item: restart the stream (a wedged pipeline often comes back)."""
+        try:
+            self._camera.stop()
+        finally:
+            self._camera.start()
+
     def close(self) -> None:
         try:
             self._camera.stop()
