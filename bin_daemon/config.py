@@ -8,6 +8,7 @@ key, e.g. ``/etc/bin-daemon/config.yaml:12: bins.recycling.servo_gpoi: unknown k
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -356,8 +357,11 @@ def parse_config(text: str, *, source: str = "<string>") -> Config:
         line = f":{mark.line + 1}" if mark is not None else ""
         what = error.problem or error.context or "invalid YAML"
         raise ConfigError(f"{source}{line}: YAML syntax error: {what}") from None
-    except YAMLError as error:
-        raise ConfigError(f"{source}: YAML error: {error}") from None
+    except YAMLError as error:  # e.g. a control character: a position, not a mark
+        position = getattr(error, "position", None)
+        line = text[:position].count("\n") + 1 if isinstance(position, int) else 1
+        what = (str(error).splitlines() or ["invalid YAML"])[0]
+        raise ConfigError(f"{source}:{line}: YAML error: {what}") from None
     if data is None:
         data = CommentedMap()
     if not isinstance(data, Mapping):
@@ -434,7 +438,7 @@ def _locate(data: Any, loc: Iterable[Any]) -> tuple[int, list[str]]:
     for part in loc:
         if isinstance(node, CommentedMap) and part in node:
             line = node.lc.key(part)[0] + 1
-            keys.append(str(part))
+            keys.append(_key_text(part))
             node = node[part]
         elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
             line = node.lc.item(part)[0] + 1
@@ -443,9 +447,15 @@ def _locate(data: Any, loc: Iterable[Any]) -> tuple[int, list[str]]:
         elif isinstance(node, CommentedMap) and isinstance(part, str) and part in _TAGS:
             continue  # a discriminated union's tag (e.g. 'ir') is not a key in the file
         else:
-            keys.append(str(part))
+            keys.append(_key_text(part))
             node = None
     return line, keys
+
+
+def _key_text(key: Any) -> str:
+    """A key as the error shows it: plain if it looks like a key, else quoted (``':'``)."""
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else repr(text)
 
 
 _TAGS = {"ir", "hcsr04"}
