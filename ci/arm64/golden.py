@@ -4,8 +4,11 @@
 
 Both files are ``bin-daemon classify --json`` output for the same images with the same model.
 Every image must get the same label on both, and every score the two share (the confidence
-and the top-k entries) must differ by at most one step of the model's output quantisation
-(its output scale; the JSON rounds scores to 4 decimals, which is allowed for too).
+and the top-k entries) must differ by at most --max-steps steps of the model's output
+quantisation (its output scale; the JSON rounds scores to 4 decimals, which is allowed for
+too). The summary also counts the scores more than one step apart: x86's and aarch64's int8
+kernels round differently inside the network (docs/ARM64.md), so one step is reported, not
+required, unless --max-steps 1.
 The last line printed is the verdict: ``golden: PASS ...`` or ``golden: FAIL ...``.
 """
 
@@ -41,9 +44,12 @@ def key(image: str) -> str:
     return "/".join(parts[parts.index("tests") :]) if "tests" in parts else image
 
 
-def compare(x86: list[dict], arm: list[dict], step: float) -> tuple[list[str], float, int]:
-    """Problems found, the largest score difference seen, and the number of images."""
+def compare(
+    x86: list[dict], arm: list[dict], step: float, max_steps: float = 1
+) -> tuple[list[str], float, int, list[str]]:
+    """Problems, the largest score difference, the number of images, scores over one step."""
     problems: list[str] = []
+    over_one: list[str] = []
     worst = 0.0
     left = {key(r["image"]): r for r in x86}
     right = {key(r["image"]): r for r in arm}
@@ -70,9 +76,12 @@ def compare(x86: list[dict], arm: list[dict], step: float) -> tuple[list[str], f
         for what, sa, sb in pairs:
             diff = abs(sa - sb)
             worst = max(worst, diff)
+            note = f"{name}: {what} x86={sa} arm64={sb} (|d|={diff:.4f}, {diff / step:.1f} steps)"
             if diff > step + ROUNDING:
-                problems.append(f"{name}: {what} x86={sa} arm64={sb} (|d|={diff:.4f} > {step:.4f})")
-    return problems, worst, len(left.keys() & right.keys())
+                over_one.append(note)
+            if diff > max_steps * step + ROUNDING:
+                problems.append(note + f" > {max_steps:g} steps")
+    return problems, worst, len(left.keys() & right.keys()), over_one
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,20 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("arm64", type=Path)
     parser.add_argument("--model", type=Path, required=True, help="model folder or .tflite")
     parser.add_argument("--step", type=float, help="quantisation step (default: the model's)")
+    parser.add_argument("--max-steps", type=float, default=1, help="allowed score difference")
     args = parser.parse_args(argv)
     step = args.step if args.step is not None else output_scale(args.model)
     x86 = json.loads(args.x86.read_text())
     arm = json.loads(args.arm64.read_text())
-    problems, worst, count = compare(x86, arm, step)
-    for problem in problems:
-        print(problem)
+    problems, worst, count, over_one = compare(x86, arm, step, args.max_steps)
+    for note in over_one:
+        print(note)
+    images_over = len({n.split(":")[0] for n in over_one})
     if count == 0:
         problems.append("no images")
     verdict = "FAIL" if problems else "PASS"
     print(
-        f"golden: {verdict}: {count} images, {len(problems)} problems; labels equal "
-        f"{'everywhere' if not any('label' in p for p in problems) else 'NOT everywhere'}, "
-        f"largest score difference {worst:.4f} (one step = {step:.4f})"
+        f"golden: {verdict}: {count} images, labels "
+        f"{'equal on all' if not any(': label ' in p for p in problems) else 'DIFFER on some'}; "
+        f"largest score difference {worst:.4f} = {worst / step:.1f} steps "
+        f"(step {step:.4f}, allowed {args.max_steps:g}); {images_over} images have a score "
+        f"more than 1 step off; {len(problems)} problems"
     )
     return 1 if problems else 0
 
