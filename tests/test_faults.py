@@ -506,3 +506,35 @@ def test_a_bad_model_is_one_line_in_check_config_and_run(tmp_path, samples_dir, 
                      str(samples_dir), "--max-items", "1"]) == 1  # fmt: skip
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+# -- process --------------------------------------------------------------------------------
+
+
+def test_real_sighup_mid_item_reloads_without_dropping_an_item(tmp_path, samples_dir, caplog):
+    import os
+    import signal
+
+    from bin_daemon import service as service_module
+
+    config = tiny_config(tmp_path, threshold=0.0)
+    events = tmp_path / "events.jsonl"
+    sent = []
+
+    class Notifier(RecordingNotifier):
+        def status(self, text):
+            super().status(text)
+            if not sent:  # item 1 is being recorded: a reload arrives mid-item
+                sent.append(True)
+                config.write_text(config.read_text().replace("threshold: 0.0", "threshold: 1.0"))
+                os.kill(os.getpid(), signal.SIGHUP)
+
+    options = RunOptions(config, "fake", samples_dir, max_items=4, events_path=events)
+    with caplog.at_level(logging.INFO):
+        assert service_module.run(options, notifier=Notifier(), stdout=io.StringIO()) == 0
+    records = read_events(events)
+    assert [r["seq"] for r in records] == [1, 2, 3, 4]  # none dropped
+    assert [r["unsure"] for r in records] == [False, True, True, True]
+    assert all(r["lid"] == "completed" for r in records)
+    assert "reloaded: model" in caplog.text
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handlers restored
