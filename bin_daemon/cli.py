@@ -247,7 +247,11 @@ def cmd_events(args: argparse.Namespace) -> int:
     from bin_daemon import eventlog
     from bin_daemon.config import load_config
 
-    path = args.log if args.log is not None else load_config(args.config).event_log_path()
+    if args.log is not None:
+        path = args.log
+    else:
+        config = load_config(args.config)
+        path = eventlog.path_to_read(config.event_log_path() if config.event_log.path else None)
     since = None
     if args.since is not None:
         try:

@@ -80,6 +80,20 @@ def default_path() -> Path:
     return Path(base) / "bin-daemon" / FILE_NAME
 
 
+SERVICE_LOG = Path("/var/lib/bin-daemon") / FILE_NAME
+"""The installed service's log (StateDirectory=bin-daemon)."""
+
+
+def path_to_read(configured: Path | None) -> Path:
+    """The log ``bin-daemon events`` reads: the configured path; else, outside systemd, the
+    installed service's log when there is one (an admin's shell has no $STATE_DIRECTORY)."""
+    if configured is not None:
+        return configured
+    if not os.environ.get("STATE_DIRECTORY") and SERVICE_LOG.exists():
+        return SERVICE_LOG
+    return default_path()
+
+
 def _now_iso() -> str:
     return iso_utc(datetime.now(UTC).timestamp())
 
