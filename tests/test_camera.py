@@ -156,3 +156,12 @@ def test_camera_contract_fresh_rgb_frames(camera):
     assert frame.rgb.dtype == np.uint8 and frame.rgb.ndim == 3 and frame.rgb.shape[2] == 3
     assert frame.source
     camera.close()
+
+
+def test_pi_camera_recover_restarts_the_stream():
+    # The sorter calls recover() after an item whose every capture failed.
+    stub = StubPicamera2([])
+    camera = pi_camera(stub)
+    camera.recover()
+    assert stub.calls[-2:] == ["stop", "start"]
+    camera.close()
