@@ -261,11 +261,12 @@ class Service:
             if options.hardware == "fake":
                 where += ", realtime" if options.realtime else ", simulated time"
             log.info(
-                "ready (%s; bins %s; spool %s: %s)",
+                "ready (%s; bins %s; spool %s: %s; event log %s)",
                 where,
                 ", ".join(config.bins),
                 config.spool.save,
                 spool.directory if spool.enabled else "off",
+                self.event_log.path if self.event_log is not None else "off",
             )
             self.notifier.ready(self._status())
             self._last_watchdog = float("-inf")  # the loop's first iteration pings at once
