@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -150,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         finetune_lr=args.lr,
         command=command or f"bin-daemon train --data {args.data} --out {args.out}",
     )
+    started = time.monotonic()
     results = train(settings)
     rows = [
         {
@@ -169,6 +172,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 args.data, weights.parent, args.seed, per_class_limit=args.per_class_limit
             )
         )
+    results["training"]["command_seconds"] = round(time.monotonic() - started, 1)
+    results["training"]["peak_rss_mb"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
     written = card.write_card(results, args.out, rows)
     print(
         f"wrote {args.out / MODEL_FILE} ({written['size_bytes'] / 1e6:.2f} MB, sha256 "
