@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -64,6 +65,13 @@ def load_interpreter_class() -> tuple[type, str]:
         raise ModelError(
             "no TFLite interpreter: install ai-edge-litert (64-bit OS) or tflite-runtime"
         ) from error
+
+
+def _reference_kernel_options(interpreter_class: type) -> dict[str, Any]:
+    """Interpreter arguments that leave out the default delegates (XNNPACK)."""
+    module = importlib.import_module(interpreter_class.__module__)
+    resolver = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return {"experimental_op_resolver_type": resolver}
 
 
 def sha256_file(path: Path) -> str:
@@ -135,9 +143,19 @@ class Classifier:
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, *, num_threads: int = 2, on_sha256_mismatch: str = "refuse"
+        cls,
+        model_dir: str | Path,
+        *,
+        num_threads: int = 2,
+        on_sha256_mismatch: str = "refuse",
+        reference_kernels: bool = False,
     ) -> Classifier:
-        """Load and check the model in ``model_dir`` (a symlink such as ``current`` is resolved)."""
+        """Load and check the model in ``model_dir`` (a symlink such as ``current`` is resolved).
+
+        ``reference_kernels`` runs TFLite's built-in integer kernels instead of XNNPACK: several
+        times slower, but the same integer arithmetic on every CPU, so x86 and arm64 agree to
+        the last quantisation step (XNNPACK's kernels round differently from one another).
+        """
         if num_threads < 1:
             raise ValueError(f"num_threads must be at least 1, got {num_threads}")
         if on_sha256_mismatch not in ("refuse", "warn"):
@@ -173,7 +191,10 @@ class Classifier:
         interpreter_class, runtime = load_interpreter_class()
         try:
             with _filtered_stderr(_XNNPACK_NOTICE):
-                interpreter = interpreter_class(model_path=str(model_path), num_threads=num_threads)
+                options = _reference_kernel_options(interpreter_class) if reference_kernels else {}
+                interpreter = interpreter_class(
+                    model_path=str(model_path), num_threads=num_threads, **options
+                )
                 interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"{model_path}: the interpreter cannot load it ({error})") from error

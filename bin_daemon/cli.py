@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(classify)
     classify.add_argument("--json", action="store_true", help="print a JSON list, one per image")
+    classify.add_argument(
+        "--reference-kernels",
+        action="store_true",
+        help="TFLite's reference integer kernels instead of XNNPACK: slower, bit-exact across "
+        "CPUs (for cross-architecture checks)",
+    )
     classify.set_defaults(func=cmd_classify)
 
     lid = sub.add_parser("lid", help="move one bin's lid (calibration)")
@@ -211,9 +217,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.model is not None:
         from bin_daemon.classifier import Classifier
 
-        classifier = Classifier.load(args.model, num_threads=2)
+        classifier = Classifier.load(
+            args.model, num_threads=2, reference_kernels=args.reference_kernels
+        )
     else:
-        classifier = load_classifier(load_config(args.config))
+        classifier = load_classifier(
+            load_config(args.config), reference_kernels=args.reference_kernels
+        )
     threshold = classifier.card_unsure_threshold or 0.0
     results = []
     failed = 0

@@ -59,12 +59,13 @@ class RunOptions:
     realtime: bool = False
 
 
-def load_classifier(config: Config) -> Classifier:
+def load_classifier(config: Config, *, reference_kernels: bool = False) -> Classifier:
     model_dir = config.model_dir() or shipped_models_dir()
     return Classifier.load(
         model_dir,
         num_threads=config.model.num_threads,
         on_sha256_mismatch=config.model.on_sha256_mismatch,
+        reference_kernels=reference_kernels,
     )
 
 

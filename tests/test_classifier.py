@@ -49,6 +49,21 @@ def test_real_model_scores_are_probabilities_and_top3_sorted(real, samples_dir):
         assert (prediction.label, prediction.confidence) == prediction.top[0]
 
 
+def test_reference_kernels_agree_with_xnnpack_on_labels(real, samples_dir):
+    """The cross-architecture check's slow path: same labels, scores a few steps apart."""
+    from bin_daemon.paths import shipped_models_dir
+
+    reference = Classifier.load(shipped_models_dir(), num_threads=1, reference_kernels=True)
+    step = 1 / 256
+    for path in image_files(samples_dir)[::3]:
+        image = load_image(path)
+        fast, exact = real.classify(image), reference.classify(image)
+        assert fast.label == exact.label
+        assert np.abs(fast.scores - exact.scores).max() <= 20 * step
+        # reference kernels are deterministic integer arithmetic
+        assert np.array_equal(exact.scores, reference.classify(image).scores)
+
+
 def test_real_model_card_matches_the_file(real):
     assert real.sha256 == hashlib.sha256(real.model_path.read_bytes()).hexdigest()
     assert real.card["sha256"] == real.sha256
