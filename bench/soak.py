@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> dict:
     soak = Soak(args.items, args.every, state, args.quota_mb)
     options = RunOptions(config, "fake", ROOT / "tests" / "data" / "samples", max_items=args.items)
     training = training_running()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     with open(os.devnull, "w") as devnull:
         service = Service(options, notifier=SamplingNotifier(soak), stdout=devnull)
         soak.service = service
@@ -168,6 +169,8 @@ def run(args: argparse.Namespace) -> dict:
             "cpu": _cpu_name(),
             "training_run_present_at_start": training,
             "training_run_present_at_end": training_running(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "exit_status": status,
         "items": service.sorter.counts.items if service.sorter else 0,
@@ -224,6 +227,10 @@ def markdown(result: dict) -> str:
         "a training run was present"
         if (m["training_run_present_at_start"] or m["training_run_present_at_end"])
         else "no training run present"
+    )
+    load += (
+        f"; load average {m['load_average_at_start'][0]} at the start, "
+        f"{m['load_average_at_end'][0]} at the end"
     )
     rows = "\n".join(
         f"| {s['at']} | {s['items']} | {s['elapsed_s']} | {s['rss_mb']} | {s['open_fds']} | "
