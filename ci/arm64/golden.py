@@ -6,9 +6,9 @@ Both files are ``bin-daemon classify --json`` output for the same images with th
 Every image must get the same label on both, and every score the two share (the confidence
 and the top-k entries) must differ by at most --max-steps steps of the model's output
 quantisation (its output scale; the JSON rounds scores to 4 decimals, which is allowed for
-too). The summary also counts the scores more than one step apart: x86's and aarch64's int8
-kernels round differently inside the network (docs/ARM64.md), so one step is reported, not
-required, unless --max-steps 1.
+too). The summary also counts the scores more than one step apart, so a looser
+--max-steps (XNNPACK's x86 and aarch64 kernels may round differently; docs/ARM64.md) still
+shows the drift.
 The last line printed is the verdict: ``golden: PASS ...`` or ``golden: FAIL ...``.
 """
 
