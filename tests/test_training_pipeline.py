@@ -43,6 +43,10 @@ def trained(tmp_path_factory) -> Path:
         "1",
         "--batch-size",
         "8",
+        "--export-sizes",
+        "112",
+        "--work-dir",
+        str(out.parent / "work"),
     ]
     if (SHARED_WEIGHTS / "coral").is_dir():
         args += ["--weights-dir", str(SHARED_WEIGHTS)]
@@ -59,7 +63,12 @@ def test_writes_a_full_integer_model_with_its_card(trained):
     card = json.loads((trained / "model_card.json").read_text())
     assert card["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert card["labels"] == (trained / "labels.txt").read_text().split()
-    assert card["input"]["size"] == 96 and 0 < card["unsure_threshold"] < 1
+    assert card["input"]["size"] in (96, 112) and 0 < card["unsure_threshold"] < 1
+    assert set(
+        json.loads((trained / "model_card.json").read_text())["training"]["settings"][
+            "export_sizes"
+        ]
+    ) == {112}
     assert card["temperature"] > 0
     interpreter_class, _ = load_interpreter_class()
     interpreter = interpreter_class(model_path=str(model))
