@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import resource
 import shlex
 import sys
@@ -125,6 +127,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # TensorFlow's C++ INFO lines and retracing notices drown the progress lines: keep errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         from bin_daemon.training import card, embedding_baseline
         from bin_daemon.training.train import MODEL_FILE, TrainSettings, train

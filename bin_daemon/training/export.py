@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 
 import keras
@@ -47,7 +48,9 @@ def to_int8_tflite(model: keras.Model, representative: np.ndarray) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8
     converter.inference_output_type = tf.uint8
-    with _quiet_stdout():
+    with _quiet_stdout(), warnings.catch_warnings():
+        # harmless: the uint8 input's range comes from the representative set
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()
 
 
