@@ -262,7 +262,7 @@ event log (one fsync per decision) and the spool saving every frame under a
 
 Items/s here is the host's CPU time per item (capture = JPEG decode, classify, spool JPEG
 encode, an fsync), not a Pi's; on a bin items come seconds apart. The mock pins' state
-history (a test aid of gpiozero) is cleared at each sample, see bench/soak.py.
+history (a test aid of gpiozero) is cleared every 100 items, see bench/soak.py.
 {END}
 """
 
