@@ -50,7 +50,19 @@ class ModelConfig(_Section):
     )
 
 
-class IrSensorConfig(_Section):
+class _SensorSection(_Section):
+    """Settings every sensor type has."""
+
+    stuck_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Active this long without a new item: a sensor fault (reported; no lid "
+        "moves) until it clears",
+    )
+
+
+class IrSensorConfig(_SensorSection):
     type: Literal["ir"] = Field(description="Infrared break-beam / reflective sensor")
     gpio: GpioPin
     active_low: bool = Field(
@@ -60,13 +72,6 @@ class IrSensorConfig(_Section):
         None, description="Internal pull resistor: true=up, false=down, null=none (floating)"
     )
     debounce_s: float = Field(0.05, ge=0, le=5, description="Must stay active this long to count")
-    stuck_after_s: float = Field(
-        30.0,
-        gt=0,
-        le=3600,
-        description="Active this long without a new item: a sensor fault (reported; no lid "
-        "moves) until it clears",
-    )
 
     @model_validator(mode="after")
     def _check(self) -> IrSensorConfig:
@@ -78,7 +83,7 @@ class IrSensorConfig(_Section):
         return self
 
 
-class UltrasonicSensorConfig(_Section):
+class UltrasonicSensorConfig(_SensorSection):
     type: Literal["hcsr04"] = Field(description="HC-SR04 ultrasonic distance sensor")
     trigger_gpio: GpioPin
     echo_gpio: GpioPin
@@ -89,13 +94,6 @@ class UltrasonicSensorConfig(_Section):
     debounce_s: float = Field(0.1, ge=0, le=5, description="Must stay active this long to count")
     echo_timeout_s: float = Field(
         1.0, gt=0, le=10, description="No echo reading for this long: a sensor fault"
-    )
-    stuck_after_s: float = Field(
-        30.0,
-        gt=0,
-        le=3600,
-        description="Active this long without a new item: a sensor fault (reported; no lid "
-        "moves) until it clears",
     )
 
     @model_validator(mode="after")
