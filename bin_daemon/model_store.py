@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -37,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bin_daemon.classifier import TFLITE_MAGIC, read_card
+from bin_daemon.classifier import TFLITE_MAGIC, read_card, sha256_file
 from bin_daemon.errors import ModelError
 from bin_daemon.paths import PACKAGE_DIR
 
@@ -84,14 +83,6 @@ class CheckedModel:
         """The folder name in the store: ``<version>-<sha12>``, or ``<sha12>`` alone."""
         short = self.sha256[:12]
         return f"{self.version}-{short}" if _SAFE_NAME.match(self.version) else short
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _locate(source: Path) -> tuple[Path, Path, Path]:

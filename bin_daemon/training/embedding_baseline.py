@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from bin_daemon.metrics import report
+from bin_daemon.preprocess import load_image
 from bin_daemon.training.camera_effects import augment, bin_camera_view
 from bin_daemon.training.data import load_for_training, load_model_inputs
 from bin_daemon.training.split import limit_per_class, scan_dataset, stratified_split
@@ -86,8 +87,6 @@ def run(
     predicted = head.predict(x_test, verbose=0).argmax(1)
     test_report = report(labels, y_test, predicted)
     camera_rng = np.random.default_rng(seed + 7)
-    from bin_daemon.preprocess import load_image
-
     camera_views = np.stack(
         [bin_camera_view(load_image(data / s.path), 224, camera_rng) for s in test]
     )

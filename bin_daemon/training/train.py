@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from bin_daemon.metrics import report
+from bin_daemon.preprocess import load_image, to_model_input
 from bin_daemon.training import calibration
 from bin_daemon.training.backbones import efficientnet_lite0, lite0_imagenet_weights
 from bin_daemon.training.camera_effects import CORRUPTIONS, augment, bin_camera_view, corrupted_view
@@ -126,7 +127,7 @@ def train(settings: TrainSettings) -> dict:
     y_train = np.array([index[s.label] for s in subsets["train"]])
     x_val = load_model_inputs(settings.data, subsets["val"], size)
     y_val = np.array([index[s.label] for s in subsets["val"]])
-    test_originals = [s for s in subsets["test"]]
+    test_originals = subsets["test"]
     x_test = load_model_inputs(settings.data, test_originals, size)
     y_test = np.array([index[s.label] for s in test_originals])
     _log(f"images decoded in {time.monotonic() - started:.0f} s")
@@ -333,8 +334,6 @@ def _at_size(model: keras.Model, size: int, n_classes: int) -> keras.Model:
 
 
 def load_clean(image: np.ndarray, size: int) -> np.ndarray:
-    from bin_daemon.preprocess import to_model_input
-
     return to_model_input(image, size)
 
 
@@ -342,8 +341,6 @@ def _robustness(
     model: TFLiteModel, settings: TrainSettings, samples, y_true, labels, size: int
 ) -> dict[str, float]:
     """int8 accuracy on the test split under each corruption and the combined bin-camera view."""
-    from bin_daemon.preprocess import load_image
-
     originals = [load_image(settings.data / s.path) for s in samples]
     results = {}
     for name in [*CORRUPTIONS, "bin_camera"]:
