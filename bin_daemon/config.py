@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -217,6 +224,90 @@ class LoggingConfig(_Section):
     )
 
 
+_BIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PASSWORD_HELP = (
+    "a password does not belong in the config file (it is readable by the service's group "
+    "and ends up in backups): put it in /etc/bin-daemon/mqtt_password and load it with "
+    "LoadCredential=mqtt_password:/etc/bin-daemon/mqtt_password in a drop-in "
+    "(systemd/bin-daemon.service.d/mqtt.conf.example), or set BIN_DAEMON_MQTT_PASSWORD in an "
+    "EnvironmentFile="
+)
+
+
+class MqttConfig(_Section):
+    host: str = Field(min_length=1, description="MQTT broker host name or address")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Broker port; null = 8883 with tls, else 1883"
+    )
+    bin_id: str = Field(
+        description="This bin's name in the topics (smartbin/<bin_id>/...): letters, digits, "
+        "'.', '_', '-'; not 'all' (the fleet-wide roll-out topic)"
+    )
+    tls: bool = Field(False, description="TLS to the broker, checked against the system CAs")
+    ca_file: Path | None = Field(None, description="With tls: a CA bundle instead of the system's")
+    username: str | None = Field(
+        None,
+        description="Broker user; the password comes from the systemd credential "
+        "mqtt_password or $BIN_DAEMON_MQTT_PASSWORD, never from this file",
+    )
+    password: Any = Field(None, exclude=True, description="Refused: see username")
+    keepalive_s: int = Field(
+        30, ge=5, le=600, description="Keep-alive; the broker marks the bin offline after 1.5x"
+    )
+    max_inflight: int = Field(
+        20, ge=1, le=1000, description="Events sent but not yet acknowledged, at most"
+    )
+    drain_s: float = Field(
+        3.0, ge=0, le=60, description="On stop, wait this long for unacknowledged events"
+    )
+    rollout: bool = Field(
+        True,
+        description="Accept model roll-outs on smartbin/<bin_id>/model and smartbin/all/model "
+        "(needs model.dir to be a model store's 'current')",
+    )
+    max_model_mb: float = Field(
+        50, gt=0, le=1000, description="A roll-out's download is refused beyond this size"
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _no_password(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(PASSWORD_HELP)
+        return None
+
+    @field_validator("bin_id")
+    @classmethod
+    def _check_bin_id(cls, value: str) -> str:
+        if not _BIN_ID.match(value):
+            raise ValueError(
+                f"bin_id {value!r}: use 1-64 letters, digits, '.', '_' or '-' (it is an MQTT "
+                "topic level: no '/', '+', '#' or spaces)"
+            )
+        if value == "all":
+            raise ValueError("bin_id 'all' is the fleet-wide roll-out topic; pick another name")
+        return value
+
+    def broker_port(self) -> int:
+        return self.port if self.port is not None else (8883 if self.tls else 1883)
+
+
+class PrometheusConfig(_Section):
+    textfile_path: Path | None = Field(
+        None,
+        description="node_exporter textfile collector output (a .prom file, written "
+        "atomically), e.g. /var/lib/prometheus/node-exporter/bin_daemon.prom; null = off",
+    )
+
+
+class TelemetryConfig(_Section):
+    metrics_interval_s: float = Field(
+        60, ge=1, le=3600, description="How often metrics are published and written"
+    )
+    mqtt: MqttConfig | None = Field(None, description="MQTT broker; null = no MQTT")
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+
+
 class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     sensor: SensorConfig = Field(description="The proximity sensor that detects an item")
@@ -227,6 +318,7 @@ class Config(_Section):
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     event_log: EventLogConfig = Field(default_factory=EventLogConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     source: str = Field("<built-in>", exclude=True, description="Where this config was read")
 
     def cross_check_errors(self) -> list[tuple[tuple[str, ...], str]]:
@@ -309,6 +401,12 @@ class Config(_Section):
         if path is None:
             return default_path()
         if path.is_absolute() or self.source.startswith("<"):
+            return path
+        return Path(self.source).parent / path
+
+    def prometheus_path(self) -> Path | None:
+        path = self.telemetry.prometheus.textfile_path
+        if path is None or path.is_absolute() or self.source.startswith("<"):
             return path
         return Path(self.source).parent / path
 

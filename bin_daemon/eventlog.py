@@ -26,6 +26,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,16 @@ def path_to_read(configured: Path | None) -> Path:
     return default_path()
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    """A row a publisher has still to send: ``event_json`` is the record to publish."""
+
+    id: int
+    item_id: str
+    lid: str
+    event_json: str
+
+
 def _now_iso() -> str:
     return iso_utc(datetime.now(UTC).timestamp())
 
@@ -147,13 +158,51 @@ class EventLog:
             raise BinDaemonError(f"{self.path}: cannot write the event log ({error})") from error
 
     def mark_published(self, item_ids: list[str], when: str | None = None) -> None:
-        """For a publisher: these rows have been sent."""
+        """For a publisher: these rows have been sent (and acknowledged).
+
+        Written with ``synchronous=NORMAL``: a mark survives a crash of the process; a power
+        cut may lose the last marks, and those events are then sent once more.
+        """
         stamp = when or _now_iso()
-        with self._db:
-            self._db.executemany(
-                "UPDATE events SET published_at = ? WHERE item_id = ?",
-                [(stamp, item_id) for item_id in item_ids],
-            )
+        try:
+            if self._synchronous != "NORMAL":
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._synchronous = "NORMAL"
+            with self._db:
+                self._db.executemany(
+                    "UPDATE events SET published_at = ? WHERE item_id = ?",
+                    [(stamp, item_id) for item_id in item_ids],
+                )
+        except sqlite3.Error as error:
+            raise BinDaemonError(f"{self.path}: cannot write the event log ({error})") from error
+
+    # -- the outbox (rows not yet published) -------------------------------------------------
+
+    def unpublished(self, *, after_id: int = 0, limit: int = 100) -> list[OutboxRow]:
+        """Rows not marked published, in insertion order, from after row ``after_id``."""
+        try:
+            found = self._db.execute(
+                "SELECT id, item_id, lid, event_json FROM events "
+                "WHERE published_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        except sqlite3.Error as error:
+            raise BinDaemonError(f"{self.path}: cannot read the event log ({error})") from error
+        return [OutboxRow(*row) for row in found]
+
+    def count_unpublished(self) -> int:
+        try:
+            query = "SELECT count(*) FROM events WHERE published_at IS NULL"
+            return int(self._db.execute(query).fetchone()[0])
+        except sqlite3.Error as error:
+            raise BinDaemonError(f"{self.path}: cannot read the event log ({error})") from error
+
+    def last_id(self) -> int:
+        """The newest row's id (0 when empty)."""
+        try:
+            return int(self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        except sqlite3.Error as error:
+            raise BinDaemonError(f"{self.path}: cannot read the event log ({error})") from error
 
     def prune(self) -> int:
         """Delete rows older than ``keep_days`` (0: keep everything). The number deleted.

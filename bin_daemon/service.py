@@ -16,6 +16,7 @@ reported as ``STATUS=degraded: ...`` and clear when the device recovers.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -36,6 +37,7 @@ from bin_daemon.hardware.clock import SystemClock
 from bin_daemon.hardware.fakes import FakeClock
 from bin_daemon.hardware.ports import Clock, Frame
 from bin_daemon.lidguard import LidGuard
+from bin_daemon.model_store import ModelStore
 from bin_daemon.paths import shipped_models_dir
 from bin_daemon.policy import Policy
 from bin_daemon.sorter import CameraRetry, Sorter, Timing
@@ -117,6 +119,19 @@ def make_spool(config: Config) -> Spool:
     )
 
 
+def rollout_store(config: Config) -> tuple[ModelStore | None, str | None]:
+    """The model store roll-outs install into: the one whose ``current`` link model.dir is
+    (the installed layout). Else (None, why roll-outs cannot be switched to)."""
+    model_dir = config.model_dir()
+    if model_dir is not None and model_dir.name == "current" and model_dir.is_symlink():
+        return ModelStore(model_dir.parent), None
+    return None, (
+        f"model.dir ({model_dir or 'the shipped model'}) is not a model store's 'current' "
+        "link, so the daemon could not switch to a rolled-out model; point model.dir at "
+        "/var/lib/bin-daemon/models/current (deploy/install.sh does)"
+    )
+
+
 def _hardware_settings(config: Config) -> Any:
     return (
         config.sensor,
@@ -154,6 +169,14 @@ class Service:
         self._load_classifier = classifier_factory or load_classifier
         self._last_watchdog = float("-inf")
         self._journal = False
+        self.telemetry: Any = None
+        """bin_daemon.telemetry.runtime.Telemetry when the config has a telemetry output."""
+        self._rollout: Any = None
+        self._model_store: ModelStore | None = None
+        self._swaps: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        """Roll-outs installed in the store, to switch to between items."""
+        self._running_sha = ""
+        self.last_reload_error: str | None = None
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -209,6 +232,7 @@ class Service:
         events_file = JsonLinesSink(options.events_path) if options.events_path else None
         if events_file is not None:
             sinks.append(events_file)
+        self._running_sha = classifier.sha256
         spool = make_spool(config)
         self._spool = spool
         hardware = build_hardware(
@@ -255,6 +279,9 @@ class Service:
                 heartbeat=self._heartbeat,
                 camera_retry=make_camera_retry(config),
             )
+            self._start_telemetry(config)
+            if self.telemetry is not None:
+                sinks.append(self.telemetry.record)  # after the event log: it reads its rows
             self.lid_guard.start(LID_GUARD_EVERY_S)
             self.sorter.start()
             self._config = config
@@ -282,6 +309,7 @@ class Service:
                 hardware.close()
                 if events_file is not None:
                     events_file.close()
+                self._stop_telemetry()
                 if self.event_log is not None:
                     self.event_log.close()
             log.info("stopped: all lids closed")
@@ -296,6 +324,9 @@ class Service:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+                poll_interval_s = self._config.timing.poll_interval_s
+            if not self._swaps.empty():
+                self._apply_rollout(self._swaps.get_nowait())
                 poll_interval_s = self._config.timing.poll_interval_s
             self._heartbeat()
             event = self.sorter.poll()
@@ -319,8 +350,9 @@ class Service:
             self._last_watchdog = now
             self.notifier.watchdog()
 
-    def reload(self) -> None:
-        """Re-read the config and the model between items; keep the old ones if either is bad."""
+    def reload(self) -> bool:
+        """Re-read the config and the model between items; keep the old ones if either is
+        bad (False, the reason in ``last_reload_error``)."""
         assert self.sorter is not None
         self.notifier.reloading()
         try:
@@ -331,8 +363,11 @@ class Service:
             policy = make_policy(config, classifier)
         except BinDaemonError as error:
             log.error("reload failed, keeping the running config and model: %s", error)
+            self.last_reload_error = str(error)
             self.notifier.ready(self._status())
-            return
+            return False
+        self.last_reload_error = None
+        self._running_sha = classifier.sha256
         if _hardware_settings(config) != _hardware_settings(self._config):
             log.warning("sensor, camera or servo settings changed: restart the service to apply")
         journal.setup_logging(config.logging.level, journal=self._journal)
@@ -346,11 +381,83 @@ class Service:
         self._config = config
         log.info("reloaded: model %s (sha256 %s)", classifier.version, classifier.sha256[:12])
         self.notifier.ready(self._status())
+        return True
+
+    # -- telemetry and roll-outs (bin_daemon/telemetry/) -----------------------------------
+
+    def _start_telemetry(self, config: Config) -> None:
+        """MQTT and/or the Prometheus textfile, when configured. Never stops the sorting:
+        a broker that is down is retried in the background."""
+        settings = config.telemetry
+        if settings.mqtt is None and settings.prometheus.textfile_path is None:
+            return
+        from bin_daemon.telemetry.rollout_worker import RolloutWorker
+        from bin_daemon.telemetry.runtime import Telemetry
+        from bin_daemon.telemetry.topics import Topics
+
+        rollout = None
+        if settings.mqtt is not None and settings.mqtt.rollout:
+            self._model_store, problem = rollout_store(config)
+            if problem is not None:
+                log.warning("model roll-outs over MQTT will be refused: %s", problem)
+            rollout = RolloutWorker(
+                own_topic=Topics(settings.mqtt.bin_id).model,
+                store=self._model_store,
+                store_problem=problem,
+                active_sha=lambda: self._running_sha,
+                request_swap=self._swaps.put,
+                report=lambda report: self.telemetry.report_model(report),
+                max_bytes=int(settings.mqtt.max_model_mb * 1024 * 1024),
+            )
+        self.telemetry = Telemetry(
+            settings,
+            clock=self.clock,
+            event_log_path=self.event_log.path if self.event_log is not None else None,
+            model_sha=lambda: self._running_sha,
+            prometheus_path=config.prometheus_path(),
+            on_model_message=rollout.offer if rollout is not None else None,
+        )
+        if rollout is not None:
+            rollout.start()
+            self._rollout = rollout
+        self.telemetry.start()
+
+    def _stop_telemetry(self) -> None:
+        if self._rollout is not None:
+            self._rollout.stop()
+        if self.telemetry is not None:
+            self.telemetry.stop()
+
+    def _apply_rollout(self, request: Any) -> None:
+        """Switch to a roll-out the store has installed (between items, like SIGHUP); if the
+        daemon cannot run it, roll the store back and say so."""
+        from bin_daemon.telemetry.rollout_worker import outcome
+
+        assert self.telemetry is not None
+        if self.reload() and self._running_sha == request.sha256:
+            log.info("roll-out %s applied", request.sha256[:12])
+            self.telemetry.report_model(outcome("applied", "self-test passed; running", request))
+            return
+        reason = self.last_reload_error or (
+            f"after the switch the daemon runs {self._running_sha[:12]}..., not this model"
+        )
+        try:
+            assert self._model_store is not None
+            self._model_store.rollback()
+            self.reload()
+        except BinDaemonError as error:
+            reason += f"; rollback failed: {error}"
+        log.error("roll-out %s rolled back: %s", request.sha256[:12], reason)
+        self.telemetry.report_model(outcome("rolled_back", reason, request))
 
     def _status(self) -> str:
         if self.sorter is None:
             return "starting"
-        return self.sorter.counts.status(self.sorter.state, {**self.sorter.faults, **self.faults})
+        faults = {**self.sorter.faults, **self.faults}
+        telemetry_fault = self.telemetry.fault() if self.telemetry is not None else None
+        if telemetry_fault:
+            faults["telemetry"] = telemetry_fault
+        return self.sorter.counts.status(self.sorter.state, faults)
 
     def _summary(self) -> str:
         assert self.sorter is not None

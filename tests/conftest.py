@@ -41,3 +41,34 @@ def samples_dir() -> Path:
 def model_dir() -> Path:
     """The real model shipped in models/ (tests using it fail until it is there)."""
     return shipped_models_dir()
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path):
+    """Start real Mosquitto brokers (conftest_mqtt.Broker); all stopped after the test."""
+    import os
+
+    from conftest_mqtt import MOSQUITTO, Broker
+
+    if MOSQUITTO is None:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "mosquitto is not installed; .ci/run installs it (apt-get install mosquitto)"
+            )
+        pytest.skip("mosquitto not installed (apt-get install mosquitto); CI runs these tests")
+    brokers: list[Broker] = []
+
+    def make(port: int | None = None, start: bool = True) -> Broker:
+        broker = Broker(tmp_path / f"broker{len(brokers)}", port)
+        brokers.append(broker)
+        return broker.start() if start else broker
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory):
+    """One real Mosquitto broker on 127.0.0.1 and a free port."""
+    return broker_factory()
