@@ -119,12 +119,14 @@ def make_spool(config: Config) -> Spool:
     )
 
 
-def rollout_store(config: Config) -> tuple[ModelStore | None, str | None]:
+def rollout_store(
+    config: Config, factory: Callable[[Path], ModelStore] = ModelStore
+) -> tuple[ModelStore | None, str | None]:
     """The model store roll-outs install into: the one whose ``current`` link model.dir is
     (the installed layout). Else (None, why roll-outs cannot be switched to)."""
     model_dir = config.model_dir()
     if model_dir is not None and model_dir.name == "current" and model_dir.is_symlink():
-        return ModelStore(model_dir.parent), None
+        return factory(model_dir.parent), None
     return None, (
         f"model.dir ({model_dir or 'the shipped model'}) is not a model store's 'current' "
         "link, so the daemon could not switch to a rolled-out model; point model.dir at "
@@ -150,6 +152,7 @@ class Service:
         stdout: TextIO | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         classifier_factory: Callable[[Config], Any] | None = None,
+        store_factory: Callable[[Path], ModelStore] = ModelStore,
     ) -> None:
         self.options = options
         self.stop = threading.Event()
@@ -173,6 +176,7 @@ class Service:
         """bin_daemon.telemetry.runtime.Telemetry when the config has a telemetry output."""
         self._rollout: Any = None
         self._model_store: ModelStore | None = None
+        self._store_factory = store_factory
         self._swaps: queue.SimpleQueue[Any] = queue.SimpleQueue()
         """Roll-outs installed in the store, to switch to between items."""
         self._running_sha = ""
@@ -326,7 +330,7 @@ class Service:
                 self.reload()
                 poll_interval_s = self._config.timing.poll_interval_s
             if not self._swaps.empty():
-                self._apply_rollout(self._swaps.get_nowait())
+                self._apply_rollout(*self._swaps.get_nowait())
                 poll_interval_s = self._config.timing.poll_interval_s
             self._heartbeat()
             event = self.sorter.poll()
@@ -397,7 +401,7 @@ class Service:
 
         rollout = None
         if settings.mqtt is not None and settings.mqtt.rollout:
-            self._model_store, problem = rollout_store(config)
+            self._model_store, problem = rollout_store(config, self._store_factory)
             if problem is not None:
                 log.warning("model roll-outs over MQTT will be refused: %s", problem)
             rollout = RolloutWorker(
@@ -405,7 +409,7 @@ class Service:
                 store=self._model_store,
                 store_problem=problem,
                 active_sha=lambda: self._running_sha,
-                request_swap=self._swaps.put,
+                request_swap=lambda request, note: self._swaps.put((request, note)),
                 report=lambda report: self.telemetry.report_model(report),
                 max_bytes=int(settings.mqtt.max_model_mb * 1024 * 1024),
             )
@@ -428,7 +432,7 @@ class Service:
         if self.telemetry is not None:
             self.telemetry.stop()
 
-    def _apply_rollout(self, request: Any) -> None:
+    def _apply_rollout(self, request: Any, note: str) -> None:
         """Switch to a roll-out the store has installed (between items, like SIGHUP); if the
         daemon cannot run it, roll the store back and say so."""
         from bin_daemon.telemetry.rollout_worker import outcome
@@ -436,7 +440,7 @@ class Service:
         assert self.telemetry is not None
         if self.reload() and self._running_sha == request.sha256:
             log.info("roll-out %s applied", request.sha256[:12])
-            self.telemetry.report_model(outcome("applied", "self-test passed; running", request))
+            self.telemetry.report_model(outcome("applied", f"{note}; running", request))
             return
         reason = self.last_reload_error or (
             f"after the switch the daemon runs {self._running_sha[:12]}..., not this model"

@@ -49,7 +49,7 @@ class RolloutWorker:
         store: ModelStore | None,
         store_problem: str | None,
         active_sha: Callable[[], str],
-        request_swap: Callable[[RolloutRequest], None],
+        request_swap: Callable[[RolloutRequest, str], None],
         report: Report,
         max_bytes: int,
     ) -> None:
@@ -140,13 +140,13 @@ class RolloutWorker:
         finally:
             clean(work)
         test = result.self_test
-        log.info(
-            "roll-out %s installed in %s%s; switching between items",
-            request.sha256[:12],
-            result.entry.path,
-            f" (self-test {test.correct}/{test.total})" if test else "",
+        note = (
+            f"self-test passed ({test.correct}/{test.total} golden images)"
+            if test is not None
+            else "installed in the store earlier"
         )
-        self._request_swap(request)
+        log.info("roll-out %s: %s; switching between items", request.sha256[:12], note)
+        self._request_swap(request, note)
 
     def _refuse(self, report: dict[str, Any]) -> None:
         log.warning("model roll-out refused: %s", report["reason"])
