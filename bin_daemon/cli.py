@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- commands that live in other modules, registered when they exist ----------------
     # bin_daemon/cli_model.py: `model install|rollback|status` (the Pi's model store);
-    # bin_daemon/cli_ml.py: `train` and `evaluate` (the ML side). The CLI works without them.
-    for module_name in ("cli_model", "cli_ml"):
+    # bin_daemon/cli_ml.py: `train` and `evaluate` (the ML side); bin_daemon/cli_fleet.py:
+    # `fleet watch` (MQTT). The CLI works without them.
+    for module_name in ("cli_model", "cli_ml", "cli_fleet"):
         module = _optional_module(f"bin_daemon.{module_name}")
         if module is not None:
             module.add_parser(sub)

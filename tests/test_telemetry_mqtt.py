@@ -4,6 +4,7 @@ mock pins) publishing its events, status and metrics; outages; restarts; the las
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -164,3 +165,26 @@ def test_a_killed_bin_is_marked_offline_by_its_last_will(tmp_path, samples_dir, 
     wait_until(lambda: retained.last(STATUS) == b"offline", 5, "retained offline")
     watcher.close()
     retained.close()
+
+
+def test_fleet_watch_shows_the_bins_a_broker_has_seen(tmp_path, samples_dir, broker, capsys):
+    from conftest_mqtt import publish
+
+    from bin_daemon import cli
+
+    run_service(mqtt_config(tmp_path, broker.port), samples_dir, 3)  # a real bin, now offline
+    metrics = {"items": 40, "unsure_rate": 0.125, "model": "ab" * 32}
+    publish(broker.port, "smartbin/yard-2/status", "online", retain=True)  # a fake second bin
+    publish(broker.port, "smartbin/yard-2/metrics", json.dumps(metrics), retain=True)
+    capsys.readouterr()
+    argv = ["fleet", "watch", "--broker", "127.0.0.1", "--port", str(broker.port), "--once"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["bin", "status", "items", "unsure"]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert rows["test-bin"][1:3] == ["offline", "3"]  # from its retained metrics
+    assert rows["yard-2"][1:5] == ["online", "40", "12%", "abababababab"]
+    assert lines[-1] == "2 bins, 1 online"
+    assert cli.main(["fleet", "watch", "--broker", "127.0.0.1", "--port", str(free_port()),
+                     "--once"]) == 1  # fmt: skip
+    assert "cannot connect" in capsys.readouterr().err

@@ -86,7 +86,9 @@ def _download(url: str, target: Path, *, max_bytes: int, timeout_s: float) -> No
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
-                raise RolloutError(f"{url}: {int(length)} bytes, more than the {max_bytes} allowed")
+                raise RolloutError(
+                    f"{url}: {length} bytes, more than the {max_bytes} bytes allowed"
+                )
             written = 0
             with target.open("wb") as stream:
                 while chunk := response.read(1 << 16):

@@ -171,7 +171,7 @@ class Telemetry:
                 "event log and are sent after the next start",
                 self.outbox.backlog(),
             )
-        self._write_metrics()  # the final counts
+        self.publish_metrics()  # the final counts
         if self.link is not None and self.topics is not None:
             self.link.stop(offline=(self.topics.status, OFFLINE))
         if self.outbox is not None:
