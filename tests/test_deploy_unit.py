@@ -166,3 +166,33 @@ def test_security_exposure_is_at_most_2() -> None:
     # Record it where a maintainer looks: the number in docs/DEPLOY_CHECKS.md is the measured one.
     checks = (REPO / "docs" / "DEPLOY_CHECKS.md").read_text()
     assert f"exposure {exposure:.1f}" in checks
+
+
+# ----------------------------------------------------------------- the MQTT drop-in
+
+DROP_INS = REPO / "systemd" / "bin-daemon.service.d"
+
+
+def test_mqtt_drop_in_opens_only_what_mqtt_needs() -> None:
+    values = directives(DROP_INS / "mqtt.conf.example")
+    assert values["Service.PrivateNetwork"] == ["no"]
+    assert values["Service.RestrictAddressFamilies"] == ["", "AF_UNIX AF_NETLINK AF_INET AF_INET6"]
+    assert "any" not in values["Service.IPAddressAllow"]  # the broker only, not the world
+    assert values["Service.LoadCredential"] == ["mqtt_password:/etc/bin-daemon/mqtt_password"]
+    assert directives()["Service.IPAddressDeny"] == ["any"]  # the unit stays closed without it
+
+
+@needs_analyze
+@pytest.mark.parametrize("name", ["mqtt", "prometheus"])
+def test_verify_is_clean_with_the_drop_in(staged_root: Path, name: str) -> None:
+    folder = staged_root / "etc/systemd/system/bin-daemon.service.d"
+    folder.mkdir(parents=True)
+    drop_in = folder / f"{name}.conf"
+    shutil.copy(DROP_INS / f"{name}.conf.example", drop_in)
+    done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", (
+        done.stdout + done.stderr
+    )
+    drop_in.write_text(drop_in.read_text().replace("[Service]", "[Service]\nPrivateNetwrok=no"))
+    done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
+    assert "PrivateNetwrok" in done.stderr  # the same check sees a typo in the drop-in
