@@ -374,6 +374,8 @@ class Service:
         self._running_sha = classifier.sha256
         if _hardware_settings(config) != _hardware_settings(self._config):
             log.warning("sensor, camera or servo settings changed: restart the service to apply")
+        if config.telemetry != self._config.telemetry:
+            log.warning("telemetry settings changed: restart the service to apply them")
         journal.setup_logging(config.logging.level, journal=self._journal)
         self.sorter.classifier = classifier
         self.sorter.decide = policy.decide

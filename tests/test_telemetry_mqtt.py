@@ -125,6 +125,7 @@ def test_a_broker_down_at_start_does_not_stop_sorting(
     with caplog.at_level(logging.WARNING):
         service = run_service(config, samples_dir, 3)
     assert service.sorter.counts.items == 3  # sorted without a broker
+    assert service._status().startswith("degraded: mqtt: broker unreachable; 3 items")
     assert [p for _, p in log_rows(tmp_path)] == [None, None, None]  # kept for later
     warnings = [r.message for r in caplog.records if "events stay in the event log" in r.message]
     assert len(warnings) == 1 and "cannot connect" in warnings[0]  # once, not per item
