@@ -280,3 +280,15 @@ def test_fleet_view_table_from_messages():
     assert lines[1].split() == ["b1", "online", "1", "100%", "efefefefefef", "glass", "->",
                                 "glass", "2026-01-01T00:00:00.000Z", "refused", "0123456789ab"]  # fmt: skip
     assert lines[-1] == "1 bins, 1 online"
+
+
+def test_a_watcher_that_joins_late_gets_the_last_item_from_the_retained_metrics():
+    stats = ItemStats()
+    late = event("i1", ts="2026-01-01T10:00:00.000Z", lid="completed")
+    late.label, late.bin = "metal", "recycling"
+    stats.add(late)
+    view = FleetView()
+    view.update("smartbin/b2/metrics", json.dumps(stats.snapshot()).encode())
+    row = view.render().splitlines()[1]
+    assert "metal -> recycling" in row
+    assert "2026-01-01T10:00:00.000Z" in row

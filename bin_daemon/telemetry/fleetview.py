@@ -68,8 +68,9 @@ class FleetView:
                 view.items = int(metrics.get("items") or 0)
                 view.unsure_rate = metrics.get("unsure_rate")
                 view.model = str(metrics.get("model") or view.model)
-                if metrics.get("last_item_ts") and not view.last_ts:
+                if metrics.get("last_item_ts") and not view.events_seen:
                     view.last_ts = str(metrics["last_item_ts"])
+                    view.last_item = str(metrics.get("last_item") or view.last_item)
         return True
 
     def render(self) -> str:

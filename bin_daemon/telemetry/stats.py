@@ -36,6 +36,8 @@ class ItemStats:
         self.per_label: Counter[str] = Counter()
         self._latency_ms: deque[float] = deque(maxlen=window)
         self.last_item_ts: str | None = None
+        self.last_item: str | None = None
+        """``label -> bin`` of the latest item (for a watcher that joins late)."""
 
     def add(self, event: SortEvent) -> None:
         with self._lock:
@@ -48,6 +50,7 @@ class ItemStats:
             if isinstance(total, int | float):
                 self._latency_ms.append(float(total))
             self.last_item_ts = event.ts
+            self.last_item = f"{event.label or '-'} -> {event.bin}"
 
     __call__ = add
 
@@ -67,4 +70,5 @@ class ItemStats:
                 if p50 is None
                 else {"p50": round(p50, 2), "p95": round(p95 or p50, 2), "n": len(latency)},
                 "last_item_ts": self.last_item_ts,
+                "last_item": self.last_item,
             }
