@@ -171,6 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     rows = [
         {
             "backbone": f"{args.backbone} {args.input_size}px (fine-tuned, shipped)",
+            "val_int8_accuracy": results["val_int8_accuracy"],
             "int8_accuracy": results["test_int8"]["accuracy"],
             "int8_macro_f1": results["test_int8"]["macro_f1"],
             "float_accuracy": results["test_float"]["accuracy"],

@@ -51,7 +51,16 @@ def dataset_images(root: Path) -> list[tuple[str, Path]]:
 def evaluate(
     classifier: Classifier, root: Path, on_image: Callable[[int, int], None] | None = None
 ) -> Evaluation:
-    items = dataset_images(root)
+    return evaluate_items(classifier, dataset_images(root), str(root), on_image)
+
+
+def evaluate_items(
+    classifier: Classifier,
+    items: list[tuple[str, Path]],
+    where: str,
+    on_image: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Score (true label, image path) pairs; ``where`` names them in errors."""
     folder_labels = sorted({label for label, _ in items})
     unknown = [label for label in folder_labels if label not in classifier.labels]
     labels = list(classifier.labels) + unknown
@@ -67,7 +76,7 @@ def evaluate(
         if on_image is not None:
             on_image(i + 1, len(items))
     if not truth:
-        raise BinDaemonError(f"{root}: none of the {len(items)} images could be decoded")
+        raise BinDaemonError(f"{where}: none of the {len(items)} images could be decoded")
     return Evaluation(report(labels, truth, predicted), skipped, unknown)
 
 

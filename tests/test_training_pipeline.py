@@ -103,3 +103,39 @@ def test_evaluate_scores_the_trained_model(trained, capsys):
     )
     assert np.array(result["confusion"]).sum() == 24
     assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_compare_rescores_runs_of_the_same_split_and_refuses_another(trained, tmp_path, capsys):
+    from bin_daemon.evaluate import evaluate_items
+    from bin_daemon.training import compare
+    from bin_daemon.training.split import read_split
+
+    into, other = tmp_path / "into", tmp_path / "other"
+    shutil.copytree(trained, into)
+    shutil.copytree(trained, other)
+    card = json.loads((other / "model_card.json").read_text())
+    card["training"]["settings"]["input_size"] = 80  # a different run's label
+    (other / "model_card.json").write_text(json.dumps(card))
+    assert compare.main(["--data", str(SAMPLES), "--into", str(into), str(other)]) == 0
+
+    rows = json.loads((into / "model_card.json").read_text())["backbones"]
+    assert [r["backbone"].split(",")[1] for r in rows[:2]] == [
+        " trained at 96 px",
+        " trained at 80 px",
+    ]
+    assert rows[0]["backbone"].endswith("(shipped)") and len(rows) == len(card["backbones"]) + 1
+    from bin_daemon.classifier import Classifier
+
+    split = read_split(trained / "split.csv")
+    val = [(s.label, SAMPLES / s.path) for s in split if s.subset == "val"]
+    expected = evaluate_items(Classifier.load(trained), val, "val").report.accuracy
+    assert rows[0]["val_int8_accuracy"] == rows[1]["val_int8_accuracy"] == expected
+    assert "| int8 val accuracy |" in (into / "MODEL_CARD.md").read_text()
+    assert "best on validation" in capsys.readouterr().out
+
+    lines = (other / "split.csv").read_text().splitlines()
+    path, label, sha, subset = lines[1].split(",")
+    lines[1] = ",".join([path, label, sha, "train" if subset != "train" else "test"])
+    (other / "split.csv").write_text("\n".join(lines) + "\n")
+    assert compare.main(["--data", str(SAMPLES), "--into", str(into), str(other)]) == 1
+    assert "another split" in capsys.readouterr().err

@@ -98,6 +98,7 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
         "unsure_threshold": results["unsure_threshold"],
         "metrics": {
             "split": "test",
+            "val_int8_accuracy": results.get("val_int8_accuracy"),
             "test_int8": t_int8,
             "test_float": t_float,
             "int8_minus_float_points": round(-drop, 2),
@@ -238,13 +239,14 @@ def render_markdown(card: dict) -> str:
         "",
         "## Backbones compared (same split, same test images)",
         "",
-        "| backbone | int8 accuracy | int8 macro-F1 | float accuracy | bin-camera | size | latency p50 (2 threads) |",
-        "|---|---|---|---|---|---|---|",
+        "| backbone | int8 val accuracy | int8 test accuracy | int8 macro-F1 | float accuracy | bin-camera | size | latency p50 (2 threads) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for b in card["backbones"]:
         float_acc = _pct(b["float_accuracy"]) if b.get("float_accuracy") is not None else "n/a"
+        val_acc = _pct(b["val_int8_accuracy"]) if b.get("val_int8_accuracy") is not None else "n/a"
         lines.append(
-            f"| {b['backbone']} | {_pct(b['int8_accuracy'])} | {b['int8_macro_f1']:.3f} | {float_acc} | "
+            f"| {b['backbone']} | {val_acc} | {_pct(b['int8_accuracy'])} | {b['int8_macro_f1']:.3f} | {float_acc} | "
             f"{_pct(b['bin_camera_accuracy'])} | {b['size_bytes'] / 1e6:.2f} MB | {b['latency_ms_p50']:.1f} ms |"
         )
     notes = [b for b in card["backbones"] if b.get("note")]

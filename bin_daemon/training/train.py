@@ -289,6 +289,7 @@ def train(settings: TrainSettings) -> dict:
         "temperature": temperature,
         "unsure_threshold": threshold,
         "coverage_curve": curve,
+        "val_int8_accuracy": float((val_probs.argmax(1) == y_val).mean()),
         "test_int8": int8_report.as_dict(),
         "test_float": float_report.as_dict(),
         "test_int8_accepted": calibration.accepted_stats(test_int8, y_test, threshold),

@@ -1,0 +1,99 @@
+"""Compare trained model folders on the same split, and put them in a card's backbone table.
+
+    python -m bin_daemon.training.compare --data ../shared/datasets/trashnet --into models/ \
+        RUN_DIR [RUN_DIR ...]
+
+Every model (the ``--into`` one too) is scored again by the daemon's own path (decode,
+preprocessing, the int8 classifier) on the validation and the test images of the split, so
+the rows are comparable whatever run wrote them; a run made on another split is refused.
+Validation accuracy is the column to choose by: the test column is for reporting. The rows
+replace the ``--into`` card's earlier rows of the same backbone and input size, and the
+Markdown card is rendered again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bin_daemon.classifier import Classifier
+from bin_daemon.errors import BinDaemonError
+from bin_daemon.evaluate import evaluate_items
+from bin_daemon.training.card import render_markdown
+from bin_daemon.training.split import Sample, read_split
+
+
+def _subset(data: Path, split: list[Sample], name: str) -> list[tuple[str, Path]]:
+    return [(s.label, data / s.path) for s in split if s.subset == name]
+
+
+def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) -> dict:
+    """The backbone-table row of one model folder, validation and test scored here."""
+    own_split = read_split(model_dir / "split.csv")
+    if own_split != split:
+        raise BinDaemonError(
+            f"{model_dir}: trained on another split than the card's; not comparable"
+        )
+    card = json.loads((model_dir / "model_card.json").read_text())
+    classifier = Classifier.load(model_dir, num_threads=2)
+    val = evaluate_items(classifier, _subset(data, split, "val"), f"{data} (val)").report
+    test = evaluate_items(classifier, _subset(data, split, "test"), f"{data} (test)").report
+    settings = card["training"]["settings"]
+    backbone = card.get("backbone") or settings.get("backbone", "efficientnet-lite0")
+    metrics = card["metrics"]
+    return {
+        "backbone": f"{backbone}, trained at {settings['input_size']} px, runs at "
+        f"{card['input']['size']} px" + (" (shipped)" if shipped else ""),
+        "val_int8_accuracy": val.accuracy,
+        "int8_accuracy": test.accuracy,
+        "int8_macro_f1": test.macro_f1,
+        "int8_min_recall": test.min_recall,
+        "float_accuracy": metrics["test_float"]["accuracy"],
+        "bin_camera_accuracy": metrics["bin_camera"]["bin_camera"],
+        "size_bytes": card["size_bytes"],
+        "latency_ms_p50": metrics["latency_ms"]["int8_p50"],
+        "note": f"`{card['training']['command']}`, {card['training']['seconds'] / 60:.1f} min",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bin_daemon.training.compare")
+    parser.add_argument("--data", type=Path, required=True, help="the dataset the split names")
+    parser.add_argument(
+        "--into", type=Path, required=True, help="the model folder whose card gets the rows"
+    )
+    parser.add_argument("runs", type=Path, nargs="+", help="other model folders, same split")
+    args = parser.parse_args(argv)
+    try:
+        split = read_split(args.into / "split.csv")
+        rows = [row_for(args.into, args.data, split, shipped=True)]
+        rows += [row_for(run, args.data, split, shipped=False) for run in args.runs]
+    except (BinDaemonError, OSError, KeyError) as error:
+        print(f"compare: {error}", file=sys.stderr)
+        return 1
+    card_path = args.into / "model_card.json"
+    card = json.loads(card_path.read_text())
+    new = {row["backbone"].removesuffix(" (shipped)") for row in rows}
+    kept = [
+        row
+        for row in card["backbones"]
+        if row["backbone"].removesuffix(" (shipped)") not in new
+        and "shipped" not in row["backbone"]
+    ]
+    card["backbones"] = rows + kept
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    (args.into / "MODEL_CARD.md").write_text(render_markdown(card))
+    best = max(rows, key=lambda row: row["val_int8_accuracy"])
+    for row in rows:
+        print(
+            f"{row['backbone']}: val {row['val_int8_accuracy']:.1%}, test {row['int8_accuracy']:.1%}, "
+            f"macro-F1 {row['int8_macro_f1']:.3f}, {row['size_bytes'] / 1e6:.2f} MB"
+        )
+    print(f"best on validation: {best['backbone']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
