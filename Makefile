@@ -43,7 +43,7 @@ lint: $(VENV)/.runtime
 bench: $(VENV)/.train
 	$(BIN)/python bench/run.py --command "make bench"
 
-# The real training run (about 25 minutes on 2 cores); writes models/ and its card.
+# The real training run (about 27 minutes on 2 cores, 7 GB of RAM); writes models/ and its card.
 # Soak: 100,000 items in-process on fake hardware with the real model, simulated time, the
 # event log and a spool with a small quota; RSS, open files and spool size sampled every
 # 10,000 items. About 20-25 minutes on 2 cores. Writes docs/soak.json and the "## Soak"

@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("int8", "float-tflite", "keras-predict", "keras-call", "convert-float")
 DEFAULT_RUNS = {"int8": 200, "float-tflite": 200, "keras-predict": 50, "keras-call": 50}
 WARMUP = 3
-KERAS_WEIGHTS = ROOT / "runs" / "final" / "classifier.weights.h5"
 
 
 def process_start_epoch() -> float:
@@ -208,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--image", type=Path, help="default: the first sample image")
     parser.add_argument("--tflite", type=Path, help="float-tflite: the model file")
-    parser.add_argument("--keras-weights", type=Path, default=KERAS_WEIGHTS)
+    parser.add_argument(
+        "--keras-weights", type=Path, help="default: classifier.weights.h5 in the card's work_dir"
+    )
     parser.add_argument("--out", type=Path, help="convert-float: where to write")
     parser.add_argument("--mobilenet-v2-out", type=Path)
     args = parser.parse_args(argv)
@@ -216,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("threads must be 1 or more")
     card = read_card(args.model_dir)
+    if args.keras_weights is None:  # where `bin-daemon train` left the float weights
+        work_dir = Path(card["training"]["settings"].get("work_dir", "runs/train"))
+        args.keras_weights = (
+            work_dir if work_dir.is_absolute() else ROOT / work_dir
+        ) / "classifier.weights.h5"
 
     if args.runtime == "convert-float":
         if args.out is None:

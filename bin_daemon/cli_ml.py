@@ -23,11 +23,11 @@ BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 # The training recipe's defaults, without importing TensorFlow: see TrainSettings.
 DEFAULTS = SimpleNamespace(
-    input_size=256,
-    export_sizes=(288, 320),
-    finetune_epochs=20,
+    input_size=288,
+    export_sizes=(320, 352),
+    finetune_epochs=30,
     head_epochs=60,
-    finetune_blocks=9,
+    finetune_blocks=12,
     finetune_lr=1e-4,
     batch_size=32,
     seed=20261124,
@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULTS.finetune_blocks,
         help="fine-tune only the top N layer groups: the head conv and the blocks below it "
-        "(Lite0 has 18 groups, Lite1 and Lite2 21; 9 = Lite0's last three stages)",
+        "(Lite0 has 18 groups, Lite1 and Lite2 23; 12 = Lite0's last four stages)",
     )
     train.add_argument(
         "--lr", type=float, default=DEFAULTS.finetune_lr, help="fine-tuning peak rate"

@@ -269,8 +269,10 @@ def render_markdown(card: dict) -> str:
         "- TrashNet shows one item on a white board under studio light; a real bin's background, light "
         "and camera differ. The bin-camera numbers are simulated, not measured on a bin. Collect the "
         "spooled unsure frames from deployed bins and retrain.",
-        "- The test split has 300 images (16 `trash`): one image is 0.33 points of accuracy, and one "
-        "`trash` image is 6 points of its recall.",
+        f"- The test split has {t['n']} images ({t['per_class'].get('trash', {}).get('support', 0)} "
+        f"`trash`): one image is {100 / t['n']:.2f} points of accuracy, and the smallest class "
+        f"({min(c['support'] for c in t['per_class'].values())} images) moves its recall by "
+        f"{100 / min(c['support'] for c in t['per_class'].values()):.1f} points per image.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -42,13 +42,13 @@ class TrainSettings:
     data: Path
     out: Path
     backbone: str = "efficientnet-lite0"
-    input_size: int = 256
+    input_size: int = 288
     seed: int = 20261124
     batch_size: int = 32
     head_epochs: int = 60  # on cached features: cheap, early-stopped
     head_views: int = 4  # augmented views per training image for the head's features
-    finetune_blocks: int | None = 9  # top blocks (the 1x1 head conv counts as one); None = all
-    finetune_epochs: int = 20
+    finetune_blocks: int | None = 12  # top groups (the 1x1 head conv counts as one); None = all
+    finetune_epochs: int = 30
     head_lr: float = 1e-3
     finetune_lr: float = 1e-4
     weight_decay: float = 1e-5
@@ -57,7 +57,7 @@ class TrainSettings:
     dropout: float = 0.3
     per_class_limit: int | None = None  # a tiny subset for the CI smoke test
     cutmix_probability: float = 0.5
-    export_sizes: tuple[int, ...] = (288, 320)  # inference sizes tried on validation too
+    export_sizes: tuple[int, ...] = (320, 352)  # inference sizes tried on validation too
     work_dir: Path = Path("runs/latest")  # Keras weights (not shipped)
     target_accepted_accuracy: float = 0.98
     min_coverage: float = 0.85  # at most 15% of items "unsure" on validation
