@@ -39,9 +39,8 @@ def output_scale(model: Path) -> float:
 
 
 def key(image: str) -> str:
-    """The image's path from tests/ on (the two runs live in different checkouts)."""
-    parts = Path(image).parts
-    return "/".join(parts[parts.index("tests") :]) if "tests" in parts else image
+    """The image's class folder and name (the two runs live in different checkouts)."""
+    return "/".join(Path(image).parts[-2:])
 
 
 def compare(

@@ -91,3 +91,32 @@ def test_golden_labels_equal_and_scores_within_one_step(arm: dict, ok: bool) -> 
     problems, _worst, count, _over = _golden().compare(x86, [arm], STEP)
     assert count == 1
     assert (not problems) == ok, problems
+
+
+def test_golden_zero_steps_allows_only_the_json_rounding() -> None:
+    """The reference kernels' gate: the same scores, up to classify --json's 4 decimals."""
+    x86 = [
+        _result("/tmp/run/merged/root/src/build/model-inputs/glass/g1.png", "glass", 0.8008, 0.1)
+    ]
+    same = [_result("build/model-inputs/glass/g1.png", "glass", 0.8008, 0.1)]
+    one_step = [_result("build/model-inputs/glass/g1.png", "glass", 0.8047, 0.1)]
+    assert _golden().compare(x86, same, STEP, max_steps=0)[0] == []
+    assert _golden().compare(x86, one_step, STEP, max_steps=0)[0] != []
+
+
+def test_model_inputs_match_their_images_read_back(tmp_path: Path) -> None:
+    """ci/arm64/model_inputs.py: a PNG of the model's input passes to_model_input unchanged."""
+    spec = importlib.util.spec_from_file_location("model_inputs", STAGE.parent / "model_inputs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    samples = sorted((REPO / "tests" / "data" / "samples" / "glass").glob("*.jpg"))[:2]
+    assert module.main(["--model", str(REPO / "models"), str(tmp_path), *map(str, samples)]) == 0
+    from bin_daemon.classifier import CARD_FILE, read_card
+    from bin_daemon.preprocess import load_image, to_model_input
+
+    size = read_card(REPO / "models" / CARD_FILE)["input"]["size"]
+    for sample in samples:
+        written = load_image(tmp_path / "glass" / f"{sample.stem}.png")
+        assert written.shape == (size, size, 3)
+        assert (written == to_model_input(load_image(sample), size)).all()
