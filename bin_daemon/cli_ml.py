@@ -29,6 +29,7 @@ DEFAULTS = SimpleNamespace(
     head_epochs=60,
     finetune_blocks=12,
     finetune_lr=1e-4,
+    hard_view_probability=0.0,
     batch_size=32,
     seed=20261124,
 )
@@ -70,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--lr", type=float, default=DEFAULTS.finetune_lr, help="fine-tuning peak rate"
     )
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument(
+        "--hard-views",
+        type=float,
+        default=DEFAULTS.hard_view_probability,
+        metavar="P",
+        help="share of training views that are hard bin-camera views (2-3 strong effects)",
+    )
     train.add_argument("--seed", type=int, default=DEFAULTS.seed, help="split and training seed")
     train.add_argument(
         "--compare",
@@ -164,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         export_sizes=tuple(args.export_sizes),
         finetune_blocks=args.finetune_blocks,
         finetune_lr=args.lr,
+        hard_view_probability=args.hard_views,
         command=command or f"bin-daemon train --data {args.data} --out {args.out}",
     )
     started = time.monotonic()
@@ -172,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         {
             "backbone": f"{args.backbone} {args.input_size}px (fine-tuned, shipped)",
             "val_int8_accuracy": results["val_int8_accuracy"],
+            "val_bin_camera_accuracy": results["val_bin_camera_accuracy"],
             "int8_accuracy": results["test_int8"]["accuracy"],
             "int8_macro_f1": results["test_int8"]["macro_f1"],
             "float_accuracy": results["test_float"]["accuracy"],

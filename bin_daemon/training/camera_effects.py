@@ -75,12 +75,23 @@ def crop_box(image: np.ndarray, area: float, aspect: float, rng: Rng) -> np.ndar
     return image[top : top + crop_h, left : left + crop_w]
 
 
-def augment(image: np.ndarray, size: int, rng: Rng) -> np.ndarray:
-    """A random bin-camera view of a training image, as the model's (size, size, 3) input."""
+def _oriented_square(image: np.ndarray, rng: Rng) -> np.ndarray:
+    """The centre square, mirrored half the time and turned by a random multiple of 90°."""
     square = center_square(image)
     if rng.random() < 0.5:
         square = square[:, ::-1]
-    square = np.rot90(square, k=int(rng.integers(0, 4)))
+    return np.ascontiguousarray(np.rot90(square, k=int(rng.integers(0, 4))))
+
+
+def augment(image: np.ndarray, size: int, rng: Rng, hard_probability: float = 0.0) -> np.ndarray:
+    """A random bin-camera view of a training image, as the model's (size, size, 3) input.
+
+    Most views are mild: each effect on its own chance, at everyday strength. With
+    ``hard_probability`` the view is a hard one instead (``hard_view``).
+    """
+    if hard_probability and rng.random() < hard_probability:
+        return hard_view(image, size, rng)
+    square = _oriented_square(image, rng)
     if rng.random() < 0.5:
         square = rotate(np.ascontiguousarray(square), rng.uniform(-25, 25))
     view = crop_box(square, rng.uniform(0.55, 1.0), np.exp(rng.uniform(-0.2, 0.2)), rng)
@@ -95,6 +106,38 @@ def augment(image: np.ndarray, size: int, rng: Rng) -> np.ndarray:
         view = sensor_noise(view, rng.uniform(2, 14), rng)
     if rng.random() < 0.3:
         view = jpeg(view, int(rng.integers(25, 90)))
+    return np.ascontiguousarray(view)
+
+
+# Hard views: what the worst moments of a bin camera do, several effects at once. The
+# strengths are drawn from ranges that reach past the fixed test corruptions below.
+def _hard_white_balance(img: np.ndarray, rng: Rng) -> np.ndarray:
+    shift = rng.uniform(0.1, 0.32)
+    gains = np.array([1 + shift, 1.0, 1 - shift], np.float32) * rng.uniform(0.95, 1.05, 3)
+    return white_balance(img, gains if rng.random() < 0.5 else gains[::-1].copy())
+
+
+def _hard_low_light(img: np.ndarray, rng: Rng) -> np.ndarray:
+    dim = exposure(img, rng.uniform(0.28, 0.7), rng.uniform(1.0, 1.5))
+    return sensor_noise(dim, rng.uniform(3, 10), rng)
+
+
+HARD_EFFECTS: dict[str, Callable[[np.ndarray, Rng], np.ndarray]] = {
+    "white_balance": _hard_white_balance,
+    "low_light": _hard_low_light,
+    "noise": lambda img, rng: sensor_noise(img, rng.uniform(6, 20), rng),
+    "blur": lambda img, rng: blur(img, int(rng.choice([5, 7, 9, 11])), rng.random() < 0.5, rng),
+    "jpeg": lambda img, rng: jpeg(img, int(rng.integers(12, 45))),
+}
+
+
+def hard_view(image: np.ndarray, size: int, rng: Rng) -> np.ndarray:
+    """Off-centre, rotated framing plus two or three strong effects, as model input."""
+    square = rotate(_oriented_square(image, rng), rng.uniform(-45, 45))
+    view = crop_box(square, rng.uniform(0.45, 0.8), np.exp(rng.uniform(-0.15, 0.15)), rng)
+    view = resize(np.ascontiguousarray(view), size)
+    for name in rng.choice(list(HARD_EFFECTS), size=int(rng.integers(2, 4)), replace=False):
+        view = HARD_EFFECTS[name](view, rng)
     return np.ascontiguousarray(view)
 
 

@@ -46,7 +46,12 @@ def load_features(
 
 
 class AugmentedBatches(keras.utils.PyDataset):
-    """One epoch = every training image once, each as a fresh random bin-camera view."""
+    """One epoch = every training image once, each as a fresh random bin-camera view.
+
+    Batches are made by ``workers`` threads while the model trains (OpenCV and numpy let go
+    of the GIL), so each batch draws from its own generator, seeded by (seed, epoch, batch):
+    the views are the same whatever order the threads finish in.
+    """
 
     def __init__(
         self,
@@ -56,27 +61,37 @@ class AugmentedBatches(keras.utils.PyDataset):
         batch_size: int,
         seed: int,
         cutmix_probability: float = 0.0,
+        hard_probability: float = 0.0,
+        workers: int = 2,
     ):
-        super().__init__()
+        super().__init__(workers=workers, use_multiprocessing=False)
         self.images, self.targets = images, targets
         self.size, self.batch_size = size, batch_size
         self.cutmix_probability = cutmix_probability
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(images))
+        self.hard_probability = hard_probability
+        self.seed, self.epoch = seed, 0
+        self.order = self._shuffled()
+
+    def _shuffled(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
     def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        x = np.stack([augment(self.images[i], self.size, self.rng) for i in chosen])
+        x = np.stack(
+            [augment(self.images[i], self.size, rng, self.hard_probability) for i in chosen]
+        )
         y = self.targets[chosen].astype(np.float32)
-        if len(chosen) > 1 and self.rng.random() < self.cutmix_probability:
-            x, y = cutmix(x, y, self.rng)
+        if len(chosen) > 1 and rng.random() < self.cutmix_probability:
+            x, y = cutmix(x, y, rng)
         return x.astype(np.float32), y
 
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.images))
+        self.epoch += 1
+        self.order = self._shuffled()
 
 
 def cutmix(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
