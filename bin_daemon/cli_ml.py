@@ -29,7 +29,7 @@ DEFAULTS = SimpleNamespace(
     head_epochs=60,
     finetune_blocks=12,
     finetune_lr=1e-4,
-    hard_view_probability=0.0,
+    hard_view_probability=0.4,
     batch_size=32,
     seed=20261124,
 )

@@ -50,6 +50,15 @@ def selection_score(row: dict) -> float:
     return (row["val_int8_accuracy"] + row["val_bin_camera_accuracy"]) / 2
 
 
+def _early_stop(training: dict) -> str:
+    ran, planned = training.get("finetune_epochs_run"), training["settings"]["finetune_epochs"]
+    return (
+        f"; early stopping ended fine-tuning after {ran} of {planned} epochs"
+        if ran and ran < planned
+        else ""
+    )
+
+
 def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) -> dict:
     """The backbone-table row of one model folder, validation and test scored here."""
     own_split = read_split(model_dir / "split.csv")
@@ -69,7 +78,9 @@ def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) 
     metrics = card["metrics"]
     return {
         "backbone": f"{backbone}, trained at {settings['input_size']} px, runs at "
-        f"{card['input']['size']} px" + (" (shipped)" if shipped else ""),
+        f"{card['input']['size']} px"
+        + (f", {hard:.0%} hard views" if (hard := settings.get("hard_view_probability")) else "")
+        + (" (shipped)" if shipped else ""),
         "val_int8_accuracy": val.accuracy,
         "val_bin_camera_accuracy": val_bin_camera,
         "int8_accuracy": test.accuracy,
@@ -79,7 +90,8 @@ def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) 
         "bin_camera_accuracy": metrics["bin_camera"]["bin_camera"],
         "size_bytes": card["size_bytes"],
         "latency_ms_p50": metrics["latency_ms"]["int8_p50"],
-        "note": f"`{card['training']['command']}`, {card['training']['seconds'] / 60:.1f} min",
+        "note": f"`{card['training']['command']}`, {card['training']['seconds'] / 60:.1f} min"
+        + _early_stop(card["training"]),
     }
 
 

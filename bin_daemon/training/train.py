@@ -57,7 +57,7 @@ class TrainSettings:
     dropout: float = 0.3
     per_class_limit: int | None = None  # a tiny subset for the CI smoke test
     cutmix_probability: float = 0.5
-    hard_view_probability: float = 0.0  # share of training views that are hard bin-camera views
+    hard_view_probability: float = 0.4  # share of training views that are hard bin-camera views
     export_sizes: tuple[int, ...] = (320, 352)  # inference sizes tried on validation too
     work_dir: Path = Path("runs/latest")  # Keras weights (not shipped)
     target_accepted_accuracy: float = 0.98
