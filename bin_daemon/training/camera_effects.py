@@ -178,6 +178,12 @@ CORRUPTIONS: dict[str, Callable[[np.ndarray, Rng], np.ndarray]] = {
 }
 
 
+# Seeds of the bin-camera views, offset from the split seed: the test split's (reported) and
+# the validation split's (chosen by). Training and `compare` draw the same views from them.
+TEST_VIEWS_SEED_OFFSET = 7
+VAL_VIEWS_SEED_OFFSET = 11
+
+
 def bin_camera_view(image: np.ndarray, size: int, rng: Rng) -> np.ndarray:
     """The test image as a bin camera might show it: framing plus two or three other effects."""
     view = resize(np.ascontiguousarray(_framing(image, rng)), size)

@@ -25,7 +25,7 @@ from bin_daemon.classifier import Classifier
 from bin_daemon.errors import BinDaemonError
 from bin_daemon.evaluate import evaluate_items
 from bin_daemon.preprocess import load_image
-from bin_daemon.training.camera_effects import bin_camera_view
+from bin_daemon.training.camera_effects import VAL_VIEWS_SEED_OFFSET, bin_camera_view
 from bin_daemon.training.card import render_markdown
 from bin_daemon.training.split import Sample, read_split
 
@@ -72,7 +72,9 @@ def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) 
     test = evaluate_items(classifier, _subset(data, split, "test"), f"{data} (test)").report
     settings = card["training"]["settings"]
     val_bin_camera = bin_camera_accuracy(
-        classifier, _subset(data, split, "val"), card["dataset"]["split_seed"] + 11
+        classifier,
+        _subset(data, split, "val"),
+        card["dataset"]["split_seed"] + VAL_VIEWS_SEED_OFFSET,
     )
     backbone = card.get("backbone") or settings.get("backbone", "efficientnet-lite0")
     metrics = card["metrics"]

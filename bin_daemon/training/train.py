@@ -17,7 +17,14 @@ from bin_daemon.metrics import report
 from bin_daemon.preprocess import load_image, to_model_input
 from bin_daemon.training import calibration
 from bin_daemon.training.backbones import efficientnet_lite, imagenet_weights
-from bin_daemon.training.camera_effects import CORRUPTIONS, augment, bin_camera_view, corrupted_view
+from bin_daemon.training.camera_effects import (
+    CORRUPTIONS,
+    TEST_VIEWS_SEED_OFFSET,
+    VAL_VIEWS_SEED_OFFSET,
+    augment,
+    bin_camera_view,
+    corrupted_view,
+)
 from bin_daemon.training.data import (
     AugmentedBatches,
     load_features,
@@ -279,7 +286,7 @@ def train(settings: TrainSettings) -> dict:
         [load_image(settings.data / s.path) for s in subsets["val"]],
         y_val,
         size,
-        settings.seed + 11,
+        settings.seed + VAL_VIEWS_SEED_OFFSET,
     )
     _log(f"validation under bin-camera conditions: {val_bin_camera:.3f}")
     robustness = _robustness(int8, settings, test_originals, y_test, labels, size)
@@ -364,7 +371,7 @@ def _robustness(
     originals = [load_image(settings.data / s.path) for s in samples]
     results = {}
     for name in [*CORRUPTIONS, "bin_camera"]:
-        rng = np.random.default_rng(settings.seed + 7)
+        rng = np.random.default_rng(settings.seed + TEST_VIEWS_SEED_OFFSET)
         if name == "bin_camera":
             views = np.stack([bin_camera_view(img, size, rng) for img in originals])
         else:
