@@ -241,3 +241,28 @@ def test_models_are_chosen_by_clean_and_bin_camera_validation_together():
     robust = {"val_int8_accuracy": 0.934, "val_bin_camera_accuracy": 0.901}
     assert max([studio_only, robust], key=selection_score) is robust
     assert selection_score(robust) == pytest.approx((0.934 + 0.901) / 2)
+
+
+def test_early_stopping_neither_stops_nor_restores_in_the_first_half_of_fine_tuning():
+    keras = pytest.importorskip("keras", reason="needs the [train] extra")
+    from bin_daemon.training.train import TrainSettings, finetune_early_stopping
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    settings = TrainSettings(data=Path("."), out=Path("."), finetune_epochs=20, patience=3)
+    stop = finetune_early_stopping(settings)
+    stop.set_model(model)
+    model.stop_training = False  # what fit() sets
+    stop.on_train_begin()
+    # The lowest loss of all comes at epoch 2 (the noisy, high-rate half); from epoch 10 on the
+    # loss falls until epoch 12, then rises.
+    losses = [0.9, 0.8, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.7, 0.6, 0.5, 0.8, 0.8, 0.8]
+    stopped_at = None
+    for epoch, loss in enumerate(losses):
+        model.layers[0].kernel.assign(np.full((2, 1), float(epoch), np.float32))
+        stop.on_epoch_end(epoch, {"val_loss": loss})
+        if model.stop_training:
+            stopped_at = epoch
+            break
+    stop.on_train_end()
+    assert stopped_at == 15  # three epochs without improving on epoch 12
+    assert model.layers[0].kernel.numpy()[0, 0] == 12.0  # epoch 12's weights, not epoch 2's

@@ -299,12 +299,19 @@ def _recipe(settings: dict, card: dict) -> str:
         f"per image, then {tuned} fine-tuned at {settings.get('input_size')} px with AdamW (peak "
         f"{settings.get('finetune_lr')}, cosine decay), CutMix (p {settings.get('cutmix_probability')}), "
         f"label smoothing {settings.get('label_smoothing')} and square-root class weights, early "
-        "stopping on validation loss; bin-camera augmentation (rotation, off-centre crops, white "
-        "balance, exposure, blur, noise, JPEG)"
+        f"stopping on validation loss{_watched_from(settings)}; bin-camera augmentation (rotation, "
+        "off-centre crops, white balance, exposure, blur, noise, JPEG)"
         + _hard_views(settings.get("hard_view_probability") or 0.0)
         + ". Inference size chosen on validation among "
         f"{', '.join(f'{x} px' for x in sizes)}: {card['input']['size']} px."
     )
+
+
+def _watched_from(settings: dict) -> str:
+    share = settings.get("early_stop_from")
+    if not share:  # runs before the setting: watched from the first epoch
+        return ""
+    return f" watched from epoch {int(settings['finetune_epochs'] * share) + 1}"
 
 
 def _hard_views(share: float) -> str:
