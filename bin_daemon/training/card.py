@@ -277,6 +277,9 @@ def render_markdown(card: dict) -> str:
         "- TrashNet shows one item on a white board under studio light; a real bin's background, light "
         "and camera differ. The bin-camera numbers are simulated, not measured on a bin. Collect the "
         "spooled unsure frames from deployed bins and retrain.",
+        "- The simulated corruptions are applied at the model's input size (blur kernels, noise and "
+        "JPEG blocks in model pixels), so a model with a larger input sees relatively milder blur "
+        "and JPEG: compare bin-camera numbers across input sizes with that in mind.",
         f"- The test split has {t['n']} images ({t['per_class'].get('trash', {}).get('support', 0)} "
         f"`trash`): one image is {100 / t['n']:.2f} points of accuracy, and the smallest class "
         f"({min(c['support'] for c in t['per_class'].values())} images) moves its recall by "
