@@ -266,3 +266,13 @@ def test_early_stopping_neither_stops_nor_restores_in_the_first_half_of_fine_tun
     stop.on_train_end()
     assert stopped_at == 15  # three epochs without improving on epoch 12
     assert model.layers[0].kernel.numpy()[0, 0] == 12.0  # epoch 12's weights, not epoch 2's
+
+
+def test_a_run_is_all_layers_fine_tuned_only_when_every_group_was_trainable():
+    from bin_daemon.training.card import tunes_all_layers
+
+    card = {"backbone_groups": 18}
+    assert tunes_all_layers({"finetune_blocks": None}, card)
+    assert tunes_all_layers({"finetune_blocks": 18}, card)
+    assert not tunes_all_layers({"finetune_blocks": 12}, card)
+    assert not tunes_all_layers({"finetune_blocks": 18}, {})  # groups unknown: not claimed

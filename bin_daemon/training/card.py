@@ -288,10 +288,20 @@ def render_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tunes_all_layers(settings: dict, card: dict) -> bool:
+    """Whether the run fine-tuned every layer group (``finetune_blocks`` None or >= all of them)."""
+    blocks, groups = settings.get("finetune_blocks"), card.get("backbone_groups")
+    return blocks is None or bool(groups and blocks >= groups)
+
+
 def _recipe(settings: dict, card: dict) -> str:
     blocks = settings.get("finetune_blocks")
     groups = card.get("backbone_groups", "its")
-    tuned = "all layers" if blocks is None else f"the top {blocks} of its {groups} layer groups"
+    tuned = (
+        "all layers"
+        if tunes_all_layers(settings, card)
+        else f"the top {blocks} of its {groups} layer groups"
+    )
     backbone = settings.get("backbone", "efficientnet-lite0")
     name = backbone.replace("efficientnet-lite", "EfficientNet-Lite")
     sizes = sorted({settings.get("input_size"), *settings.get("export_sizes", [])})

@@ -26,7 +26,7 @@ from bin_daemon.errors import BinDaemonError
 from bin_daemon.evaluate import evaluate_items
 from bin_daemon.preprocess import load_image
 from bin_daemon.training.camera_effects import VAL_VIEWS_SEED_OFFSET, bin_camera_view
-from bin_daemon.training.card import render_markdown
+from bin_daemon.training.card import render_markdown, tunes_all_layers
 from bin_daemon.training.split import Sample, read_split
 
 
@@ -59,11 +59,6 @@ def _early_stop(training: dict) -> str:
     )
 
 
-def _all_layers(settings: dict, card: dict) -> str:
-    blocks, groups = settings.get("finetune_blocks"), card.get("backbone_groups")
-    return ", all layers fine-tuned" if blocks is None or (groups and blocks >= groups) else ""
-
-
 def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) -> dict:
     """The backbone-table row of one model folder, validation and test scored here."""
     own_split = read_split(model_dir / "split.csv")
@@ -87,7 +82,7 @@ def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) 
         "backbone": f"{backbone}, trained at {settings['input_size']} px, runs at "
         f"{card['input']['size']} px"
         + (f", {hard:.0%} hard views" if (hard := settings.get("hard_view_probability")) else "")
-        + _all_layers(settings, card)
+        + (", all layers fine-tuned" if tunes_all_layers(settings, card) else "")
         + (" (shipped)" if shipped else ""),
         "val_int8_accuracy": val.accuracy,
         "val_bin_camera_accuracy": val_bin_camera,
