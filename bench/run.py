@@ -397,7 +397,7 @@ def markdown(res: dict) -> str:
         "",
         "Each row is a fresh process (bench/worker.py) that imports only its runtime, loads the "
         "model, and classifies a real sample photo (decoded once) through "
-        "`bin_daemon.preprocess.to_model_input`: the timed call is preprocessing + inference + "
+        "`bin_daemon.model.preprocess.to_model_input`: the timed call is preprocessing + inference + "
         "reading the scores. Warm runs only (3 warm-ups first); each row is the median of "
         "`processes` fresh processes by p50 (all p50s in the JSON); cold start = process spawn to "
         "the first result (interpreter start, imports, model load, first inference); RSS = "

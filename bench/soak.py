@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bin_daemon import journal  # noqa: E402
-from bin_daemon.service import RunOptions, Service  # noqa: E402
+from bin_daemon.loop.service import RunOptions, Service  # noqa: E402
+from bin_daemon.records import journal  # noqa: E402
 
 START = "<!-- soak:start (bench/soak.py writes this section) -->"
 END = "<!-- soak:end -->"

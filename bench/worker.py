@@ -14,7 +14,7 @@ RUNTIME is one of:
 
 Each runtime imports only what it needs, so peak RSS and cold start are its own. Every
 timed run starts from the decoded RGB image and goes through
-``bin_daemon.preprocess.to_model_input``, like the daemon. Prints one JSON object (the last
+``bin_daemon.model.preprocess.to_model_input``, like the daemon. Prints one JSON object (the last
 line of stdout). Cold start is from ``--spawned-at`` (the parent's ``time.time()`` just
 before spawning) or, without it, from this process's start time in /proc.
 """
@@ -73,7 +73,7 @@ def card_input_size(card: dict) -> int:
 
 
 def load_int8(args, card):
-    from bin_daemon.classifier import Classifier
+    from bin_daemon.model.classifier import Classifier
 
     classifier = Classifier.load(args.model_dir, num_threads=args.threads)
     last = {}
@@ -90,7 +90,7 @@ def load_float_tflite(args, card):
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from bin_daemon.preprocess import to_model_input
+    from bin_daemon.model.preprocess import to_model_input
 
     if args.tflite is None:
         raise SystemExit("float-tflite needs --tflite PATH")
@@ -154,7 +154,7 @@ def load_keras(args, card, *, direct: bool):
     tf = configure_tensorflow(args.threads)
     import numpy as np
 
-    from bin_daemon.preprocess import to_model_input
+    from bin_daemon.model.preprocess import to_model_input
 
     size = card_input_size(card)
     model, which = build_keras(card, size, args.keras_weights)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(convert_float(args, card)), flush=True)
         return 0
 
-    from bin_daemon.preprocess import load_image
+    from bin_daemon.model.preprocess import load_image
 
     image = args.image or sorted((ROOT / "tests" / "data" / "samples").rglob("*.jpg"))[0]
     rgb = load_image(image)

@@ -395,7 +395,7 @@ class Config(_Section):
         return Path(self.source).parent / self.model.dir
 
     def event_log_path(self) -> Path:
-        from bin_daemon.eventlog import default_path
+        from bin_daemon.records.eventlog import default_path
 
         path = self.event_log.path
         if path is None:

@@ -16,10 +16,10 @@ from conftest_models import LABELS, TINY, TINY_FLOAT, make_model_dir
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bin_daemon.classifier import Classifier, dequantize, quantize
 from bin_daemon.errors import ModelError
 from bin_daemon.hardware.fakes import image_files
-from bin_daemon.preprocess import load_image
+from bin_daemon.model.classifier import Classifier, dequantize, quantize
+from bin_daemon.model.preprocess import load_image
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from test_service import read_events, tiny_config
 
 from bin_daemon import cli
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.eventlog import EventLog, parse_since
-from bin_daemon.eventlog import read_events as read_log
-from bin_daemon.events import SortEvent
-from bin_daemon.service import RunOptions, Service
+from bin_daemon.loop.service import RunOptions, Service
+from bin_daemon.records.eventlog import EventLog, parse_since
+from bin_daemon.records.eventlog import read_events as read_log
+from bin_daemon.records.events import SortEvent
 
 
 @pytest.fixture(autouse=True)

@@ -21,10 +21,10 @@ from bin_daemon import cli
 from bin_daemon.errors import HardwareError
 from bin_daemon.hardware.fakes import FakeClock, FakeLid, FakeProximitySensor
 from bin_daemon.hardware.ports import Frame
-from bin_daemon.lidguard import LidGuard
-from bin_daemon.policy import Policy
-from bin_daemon.service import RunOptions, Service
-from bin_daemon.sorter import CameraRetry, Sorter, Timing
+from bin_daemon.loop.lidguard import LidGuard
+from bin_daemon.loop.policy import Policy
+from bin_daemon.loop.service import RunOptions, Service
+from bin_daemon.loop.sorter import CameraRetry, Sorter, Timing
 
 TIMING = Timing(hold_open_s=3.0, lid_move_s=0.5, cooldown_s=1.0, debounce_s=0.05,
                 stuck_after_s=30.0)  # fmt: skip
@@ -200,7 +200,7 @@ def test_sensor_stuck_active_is_a_fault_without_flapping_and_clears(caplog):
 
 def test_stuck_after_s_comes_from_the_config(tmp_path):
     from bin_daemon.config import load_config
-    from bin_daemon.service import make_timing
+    from bin_daemon.loop.service import make_timing
 
     config = load_config(tiny_config(tmp_path, extra="").parent / "config.yaml")
     assert make_timing(config).stuck_after_s == 30.0
@@ -357,7 +357,7 @@ class BlockingClassifier:
 
 
 def test_watchdog_is_not_fed_while_classify_hangs(tmp_path, samples_dir):
-    from bin_daemon.service import load_classifier
+    from bin_daemon.loop.service import load_classifier
 
     classifier = BlockingClassifier()
 
@@ -515,7 +515,7 @@ def test_real_sighup_mid_item_reloads_without_dropping_an_item(tmp_path, samples
     import os
     import signal
 
-    from bin_daemon import service as service_module
+    from bin_daemon.loop import service as service_module
 
     config = tiny_config(tmp_path, threshold=0.0)
     events = tmp_path / "events.jsonl"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bin_daemon.metrics import report
+from bin_daemon.model.metrics import report
 
 
 def test_report_from_a_known_confusion():

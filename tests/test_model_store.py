@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from bin_daemon import cli_model, model_store
+from bin_daemon.cli import model as cli_model
 from bin_daemon.errors import ModelError
-from bin_daemon.model_store import (
+from bin_daemon.model import store as model_store
+from bin_daemon.model.store import (
     CARD_FILE,
     LABELS_FILE,
     MODEL_FILE,
@@ -289,7 +290,7 @@ def test_cli_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def _real_classify_available() -> bool:
     main = REPO / "bin_daemon" / "__main__.py"
-    cli = REPO / "bin_daemon" / "cli.py"
+    cli = REPO / "bin_daemon" / "cli" / "commands.py"
     return main.is_file() and cli.is_file() and '"classify"' in cli.read_text()
 
 

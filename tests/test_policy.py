@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bin_daemon.policy import BinChoice, Policy, decide
+from bin_daemon.loop.policy import BinChoice, Policy, decide
 
 BINS = {"cardboard": "recycling", "paper": "recycling", "glass": "glass", "trash": "landfill"}
 POLICY = Policy(BINS, "landfill", 0.6)

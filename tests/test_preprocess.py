@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bin_daemon.errors import ImageError
-from bin_daemon.preprocess import center_square, decode_image, load_image, to_model_input
+from bin_daemon.model.preprocess import center_square, decode_image, load_image, to_model_input
 
 SAMPLE = Path(__file__).parent / "data" / "samples" / "glass" / "glass1.jpg"
 

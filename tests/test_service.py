@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from conftest_models import TINY, make_model_dir
 
-from bin_daemon import cli, journal
-from bin_daemon.events import SortEvent
-from bin_daemon.service import RunOptions, Service
-from bin_daemon.spool import Spool
+from bin_daemon import cli
+from bin_daemon.loop.service import RunOptions, Service
+from bin_daemon.records import journal
+from bin_daemon.records.events import SortEvent
+from bin_daemon.records.spool import Spool
 
 REQUIRED = {"item_id", "ts", "label", "confidence", "top", "bin", "unsure", "model",
             "frame_source", "latency_ms"}  # fmt: skip

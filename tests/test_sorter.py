@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from bin_daemon.errors import HardwareError
 from bin_daemon.hardware.fakes import FakeClock, FakeLid, FakeProximitySensor
 from bin_daemon.hardware.ports import Frame
-from bin_daemon.policy import Policy
-from bin_daemon.sorter import Sorter, State, Timing
+from bin_daemon.loop.policy import Policy
+from bin_daemon.loop.sorter import Sorter, State, Timing
 
 TIMING = Timing(hold_open_s=3.0, lid_move_s=0.5, cooldown_s=1.0, debounce_s=0.05)
 POLL_S = 0.02

@@ -17,8 +17,8 @@ import pytest
 from conftest_mqtt import Subscriber, free_port, wait_until
 from test_service import RecordingNotifier, tiny_config
 
-from bin_daemon.eventlog import read_events
-from bin_daemon.service import RunOptions, Service
+from bin_daemon.loop.service import RunOptions, Service
+from bin_daemon.records.eventlog import read_events
 
 BIN = "test-bin"
 EVENTS = f"smartbin/{BIN}/events"

@@ -16,8 +16,8 @@ from conftest_models import TINY, make_model_dir
 from conftest_mqtt import Subscriber, publish, wait_until
 from test_model_store import FAKE_CLASSIFY, make_model
 
-from bin_daemon.model_store import MODEL_FILE, ModelStore
-from bin_daemon.service import RunOptions, Service
+from bin_daemon.loop.service import RunOptions, Service
+from bin_daemon.model.store import MODEL_FILE, ModelStore
 
 BIN = "test-bin"
 REPORT = f"smartbin/{BIN}/status/model"

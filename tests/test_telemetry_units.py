@@ -18,9 +18,9 @@ from test_model_store import make_model
 
 from bin_daemon.config import load_config
 from bin_daemon.errors import ConfigError
-from bin_daemon.eventlog import EventLog
 from bin_daemon.hardware.fakes import FakeClock
-from bin_daemon.model_store import MODEL_FILE
+from bin_daemon.model.store import MODEL_FILE
+from bin_daemon.records.eventlog import EventLog
 from bin_daemon.telemetry import prometheus
 from bin_daemon.telemetry.credentials import mqtt_password
 from bin_daemon.telemetry.fleetview import FleetView

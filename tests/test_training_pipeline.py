@@ -57,7 +57,7 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_writes_a_full_integer_model_with_its_card(trained):
-    from bin_daemon.classifier import load_interpreter_class
+    from bin_daemon.model.classifier import load_interpreter_class
 
     model = trained / "waste_classifier.tflite"
     card = json.loads((trained / "model_card.json").read_text())
@@ -106,7 +106,7 @@ def test_evaluate_scores_the_trained_model(trained, capsys):
 
 
 def test_compare_rescores_runs_of_the_same_split_and_refuses_another(trained, tmp_path, capsys):
-    from bin_daemon.evaluate import evaluate_items
+    from bin_daemon.model.evaluate import evaluate_items
     from bin_daemon.training import compare
     from bin_daemon.training.split import read_split
 
@@ -124,7 +124,7 @@ def test_compare_rescores_runs_of_the_same_split_and_refuses_another(trained, tm
         " trained at 80 px",
     ]
     assert rows[0]["backbone"].endswith("(shipped)") and len(rows) == len(card["backbones"]) + 1
-    from bin_daemon.classifier import Classifier
+    from bin_daemon.model.classifier import Classifier
 
     split = read_split(trained / "split.csv")
     val = [(s.label, SAMPLES / s.path) for s in split if s.subset == "val"]

@@ -101,7 +101,7 @@ def test_legacy_reader_reads_the_lite0_package():
 
 def test_camera_effects_keep_shape_and_are_seeded():
     pytest.importorskip("keras", reason="needs the [train] extra")
-    from bin_daemon.preprocess import load_image
+    from bin_daemon.model.preprocess import load_image
     from bin_daemon.training.camera_effects import (
         CORRUPTIONS,
         augment,
@@ -124,7 +124,7 @@ def test_camera_effects_keep_shape_and_are_seeded():
 
 def test_hard_views_are_a_share_of_training_views_and_stronger_than_mild_ones():
     pytest.importorskip("keras", reason="needs the [train] extra")
-    from bin_daemon.preprocess import load_image, to_model_input
+    from bin_daemon.model.preprocess import load_image, to_model_input
     from bin_daemon.training.camera_effects import augment, hard_view
 
     image = load_image(SAMPLES / "paper" / "paper1.jpg")
@@ -151,7 +151,7 @@ def test_hard_views_are_a_share_of_training_views_and_stronger_than_mild_ones():
 
 def test_augmented_batches_do_not_depend_on_the_order_threads_ask_for_them():
     pytest.importorskip("keras", reason="needs the [train] extra")
-    from bin_daemon.preprocess import load_image
+    from bin_daemon.model.preprocess import load_image
     from bin_daemon.training.data import AugmentedBatches
 
     images = [load_image(p) for p in sorted(SAMPLES.glob("*/*.jpg"))[:10]]
@@ -185,7 +185,7 @@ def test_threshold_never_makes_too_many_items_unsure():
 
 def test_cli_defaults_are_the_training_recipe():
     pytest.importorskip("keras", reason="needs the [train] extra")
-    from bin_daemon.cli_ml import DEFAULTS
+    from bin_daemon.cli.ml import DEFAULTS
     from bin_daemon.training.train import TrainSettings
 
     recipe = TrainSettings(data=Path("."), out=Path("."))
@@ -195,7 +195,7 @@ def test_cli_defaults_are_the_training_recipe():
 
 def test_lite_variants_scale_lite0_like_the_published_checkpoints():
     pytest.importorskip("keras", reason="needs the [train] extra")
-    from bin_daemon.cli_ml import BACKBONES
+    from bin_daemon.cli.ml import BACKBONES
     from bin_daemon.training.backbones import LITE0_STAGES, VARIANTS
 
     assert tuple(VARIANTS) == BACKBONES  # the CLI's choices, kept without importing Keras

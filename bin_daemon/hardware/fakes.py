@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bin_daemon.errors import HardwareError
 from bin_daemon.hardware.ports import Frame, Lid, ProximitySensor
-from bin_daemon.preprocess import load_image
+from bin_daemon.model.preprocess import load_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 

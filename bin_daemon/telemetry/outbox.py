@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bin_daemon.eventlog import EventLog, OutboxRow
+from bin_daemon.records.eventlog import EventLog, OutboxRow
 
 
 class Outbox:

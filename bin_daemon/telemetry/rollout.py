@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bin_daemon.classifier import sha256_file
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.model_store import CARD_FILE, LABELS_FILE, MODEL_FILE
+from bin_daemon.model.classifier import sha256_file
+from bin_daemon.model.store import CARD_FILE, LABELS_FILE, MODEL_FILE
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FETCH_TIMEOUT_S = 30.0

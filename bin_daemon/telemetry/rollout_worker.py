@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.model_store import ModelStore
+from bin_daemon.model.store import ModelStore
 from bin_daemon.telemetry.rollout import RolloutError, RolloutRequest, clean, fetch, parse_request
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from typing import Any
 
 from bin_daemon.config import MqttConfig, TelemetryConfig
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.eventlog import EventLog
-from bin_daemon.events import SortEvent, iso_utc
 from bin_daemon.hardware.ports import Clock
+from bin_daemon.records.eventlog import EventLog
+from bin_daemon.records.events import SortEvent, iso_utc
 from bin_daemon.telemetry import prometheus
 from bin_daemon.telemetry.credentials import mqtt_password
 from bin_daemon.telemetry.outbox import Outbox

@@ -11,7 +11,7 @@ import threading
 from collections import Counter, deque
 from typing import Any
 
-from bin_daemon.events import SortEvent
+from bin_daemon.records.events import SortEvent
 
 LATENCY_WINDOW = 1000
 """Latency percentiles are over the last this many items."""

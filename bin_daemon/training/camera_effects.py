@@ -8,7 +8,7 @@ with their own random parameters, used to measure the model under bin-camera con
 (``bin_camera_view`` applies a random combination of them).
 
 Images are RGB uint8 arrays. This training-only module uses OpenCV directly; the daemon's
-own image code is ``bin_daemon.preprocess``.
+own image code is ``bin_daemon.model.preprocess``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from bin_daemon.preprocess import center_square, resize
+from bin_daemon.model.preprocess import center_square, resize
 
 Rng = np.random.Generator
 

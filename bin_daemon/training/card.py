@@ -87,7 +87,7 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
             "dtype": "uint8",
             "color": "RGB",
             "transform": "largest centred square, area-resized to size x size "
-            "(bin_daemon.preprocess.to_model_input)",
+            "(bin_daemon.model.preprocess.to_model_input)",
             "normalisation": "inside the model: (x - 127) / 128",
         },
         "output": {"dtype": "uint8", "kind": "probabilities", "calibration": "temperature scaling"},

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bin_daemon.classifier import Classifier
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.evaluate import evaluate_items
-from bin_daemon.preprocess import load_image
+from bin_daemon.model.classifier import Classifier
+from bin_daemon.model.evaluate import evaluate_items
+from bin_daemon.model.preprocess import load_image
 from bin_daemon.training.camera_effects import VAL_VIEWS_SEED_OFFSET, bin_camera_view
 from bin_daemon.training.card import render_markdown, tunes_all_layers
 from bin_daemon.training.split import Sample, read_split

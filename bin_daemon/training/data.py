@@ -9,7 +9,7 @@ import cv2
 import keras
 import numpy as np
 
-from bin_daemon.preprocess import load_image, to_model_input
+from bin_daemon.model.preprocess import load_image, to_model_input
 from bin_daemon.training.camera_effects import augment
 from bin_daemon.training.split import Sample
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from bin_daemon.metrics import report
-from bin_daemon.preprocess import load_image
+from bin_daemon.model.metrics import report
+from bin_daemon.model.preprocess import load_image
 from bin_daemon.training.camera_effects import augment, bin_camera_view
 from bin_daemon.training.data import load_for_training, load_model_inputs
 from bin_daemon.training.split import limit_per_class, scan_dataset, stratified_split

@@ -1,7 +1,7 @@
 """Run an exported .tflite over preprocessed inputs during training (scores and latency).
 
 It uses the daemon's own interpreter loading and (de)quantisation from
-:mod:`bin_daemon.classifier`, so training measures the model the way the bin runs it.
+:mod:`bin_daemon.model.classifier`, so training measures the model the way the bin runs it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from bin_daemon.classifier import dequantize, load_interpreter_class, quantize
+from bin_daemon.model.classifier import dequantize, load_interpreter_class, quantize
 
 
 class TFLiteModel:

@@ -13,8 +13,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from bin_daemon.metrics import report
-from bin_daemon.preprocess import load_image, to_model_input
+from bin_daemon.model.metrics import report
+from bin_daemon.model.preprocess import load_image, to_model_input
 from bin_daemon.training import calibration
 from bin_daemon.training.backbones import efficientnet_lite, imagenet_weights
 from bin_daemon.training.camera_effects import (

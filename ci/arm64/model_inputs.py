@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bin_daemon.classifier import CARD_FILE, read_card
-from bin_daemon.preprocess import load_image, to_model_input
+from bin_daemon.model.classifier import CARD_FILE, read_card
+from bin_daemon.model.preprocess import load_image, to_model_input
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,8 +112,8 @@ def test_model_inputs_match_their_images_read_back(tmp_path: Path) -> None:
     spec.loader.exec_module(module)
     samples = sorted((REPO / "tests" / "data" / "samples" / "glass").glob("*.jpg"))[:2]
     assert module.main(["--model", str(REPO / "models"), str(tmp_path), *map(str, samples)]) == 0
-    from bin_daemon.classifier import CARD_FILE, read_card
-    from bin_daemon.preprocess import load_image, to_model_input
+    from bin_daemon.model.classifier import CARD_FILE, read_card
+    from bin_daemon.model.preprocess import load_image, to_model_input
 
     size = read_card(REPO / "models" / CARD_FILE)["input"]["size"]
     for sample in samples:

@@ -139,11 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     sensor.set_defaults(func=cmd_sensor)
 
     # --- commands that live in other modules, registered when they exist ----------------
-    # bin_daemon/cli_model.py: `model install|rollback|status` (the Pi's model store);
-    # bin_daemon/cli_ml.py: `train` and `evaluate` (the ML side); bin_daemon/cli_fleet.py:
+    # bin_daemon/cli/model.py: `model install|rollback|status` (the Pi's model store);
+    # bin_daemon/cli/ml.py: `train` and `evaluate` (the ML side); bin_daemon/cli/fleet.py:
     # `fleet watch` (MQTT). The CLI works without them.
-    for module_name in ("cli_model", "cli_ml", "cli_fleet"):
-        module = _optional_module(f"bin_daemon.{module_name}")
+    for module_name in ("model", "ml", "fleet"):
+        module = _optional_module(f"bin_daemon.cli.{module_name}")
         if module is not None:
             module.add_parser(sub)
     # --------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def _optional_module(name: str) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bin_daemon.service import RunOptions, run
+    from bin_daemon.loop.service import RunOptions, run
 
     if args.hardware == "fake" and args.images is None:
         raise UsageError("run --hardware fake needs --images DIR")
@@ -182,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from bin_daemon import config as config_module
-    from bin_daemon.service import load_classifier, make_policy
+    from bin_daemon.loop.service import load_classifier, make_policy
 
     if args.print_default:
         sys.stdout.write(config_module.default_config_text())
@@ -212,11 +212,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from bin_daemon.config import load_config
-    from bin_daemon.preprocess import load_image
-    from bin_daemon.service import load_classifier
+    from bin_daemon.loop.service import load_classifier
+    from bin_daemon.model.preprocess import load_image
 
     if args.model is not None:
-        from bin_daemon.classifier import Classifier
+        from bin_daemon.model.classifier import Classifier
 
         classifier = Classifier.load(
             args.model, num_threads=2, reference_kernels=args.reference_kernels
@@ -255,8 +255,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from bin_daemon import eventlog
     from bin_daemon.config import load_config
+    from bin_daemon.records import eventlog
 
     if args.log is not None:
         path = args.log
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
-        from bin_daemon.journal import setup_logging
+        from bin_daemon.records.journal import setup_logging
 
         setup_logging("info")
     try:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.events import SortEvent, iso_utc
+from bin_daemon.records.events import SortEvent, iso_utc
 
 log = logging.getLogger(__name__)
 

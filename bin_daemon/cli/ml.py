@@ -124,14 +124,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bin_daemon.classifier import Classifier
-    from bin_daemon.evaluate import evaluate, format_table
+    from bin_daemon.model.classifier import Classifier
+    from bin_daemon.model.evaluate import evaluate, format_table
 
     if args.model is not None:
         classifier = Classifier.load(args.model, num_threads=args.threads)
     else:
         from bin_daemon.config import load_config
-        from bin_daemon.service import load_classifier
+        from bin_daemon.loop.service import load_classifier
 
         classifier = load_classifier(load_config(args.config))
     result = evaluate(classifier, args.dataset)

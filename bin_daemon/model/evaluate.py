@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bin_daemon.classifier import Classifier
 from bin_daemon.errors import BinDaemonError, ImageError
-from bin_daemon.metrics import Report, report
-from bin_daemon.preprocess import load_image
+from bin_daemon.model.classifier import Classifier
+from bin_daemon.model.metrics import Report, report
+from bin_daemon.model.preprocess import load_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

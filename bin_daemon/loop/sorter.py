@@ -35,9 +35,9 @@ from typing import Protocol
 import numpy as np
 
 from bin_daemon.errors import BinDaemonError, HardwareError
-from bin_daemon.events import SortEvent, iso_utc
 from bin_daemon.hardware.ports import Camera, Clock, Frame, Lid, ProximitySensor
-from bin_daemon.policy import BinChoice
+from bin_daemon.loop.policy import BinChoice
+from bin_daemon.records.events import SortEvent, iso_utc
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.model_store import (
+from bin_daemon.model.store import (
     DEFAULT_STORE,
     STORE_ENV,
     InstallResult,
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m bin_daemon.cli_model``), same commands as the CLI."""
+    """Stand-alone entry (``python -m bin_daemon.cli.model``), same commands as the CLI."""
     parser = argparse.ArgumentParser(prog="bin-daemon")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from bin_daemon.events import SortEvent
+from bin_daemon.records.events import SortEvent
 
 try:  # pragma: no cover - depends on the machine
     from systemd import daemon as _sd_daemon

@@ -3,7 +3,7 @@
 A model is a folder with ``waste_classifier.tflite`` (the card's ``model_file``),
 ``labels.txt`` and ``model_card.json``. Loading checks everything it can before the first
 frame and refuses with one :class:`ModelError` line naming the file and what was expected.
-Pixels reach the model through :func:`bin_daemon.preprocess.to_model_input`, exactly as in
+Pixels reach the model through :func:`bin_daemon.model.preprocess.to_model_input`, exactly as in
 training; the model's input is raw RGB pixels 0..255 (normalisation is inside the model).
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from bin_daemon import preprocess
 from bin_daemon.errors import ModelError
+from bin_daemon.model import preprocess
 
 log = logging.getLogger(__name__)
 

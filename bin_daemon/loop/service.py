@@ -26,22 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from bin_daemon import journal
-from bin_daemon.classifier import Classifier
 from bin_daemon.config import Config, load_config
 from bin_daemon.errors import BinDaemonError, ModelError
-from bin_daemon.eventlog import EventLog
-from bin_daemon.events import JsonLinesSink, SortEvent
 from bin_daemon.hardware import HardwareKind, build_hardware
 from bin_daemon.hardware.clock import SystemClock
 from bin_daemon.hardware.fakes import FakeClock
 from bin_daemon.hardware.ports import Clock, Frame
-from bin_daemon.lidguard import LidGuard
-from bin_daemon.model_store import ModelStore
+from bin_daemon.loop.lidguard import LidGuard
+from bin_daemon.loop.policy import Policy
+from bin_daemon.loop.sorter import CameraRetry, Sorter, Timing
+from bin_daemon.model.classifier import Classifier
+from bin_daemon.model.store import ModelStore
 from bin_daemon.paths import shipped_models_dir
-from bin_daemon.policy import Policy
-from bin_daemon.sorter import CameraRetry, Sorter, Timing
-from bin_daemon.spool import Spool
+from bin_daemon.records import journal
+from bin_daemon.records.eventlog import EventLog
+from bin_daemon.records.events import JsonLinesSink, SortEvent
+from bin_daemon.records.spool import Spool
 
 log = logging.getLogger("bin_daemon")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bin_daemon import preprocess
-from bin_daemon.events import SortEvent
+from bin_daemon.model import preprocess
+from bin_daemon.records.events import SortEvent
 
 log = logging.getLogger(__name__)
 

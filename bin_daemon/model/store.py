@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bin_daemon.classifier import TFLITE_MAGIC, read_card, sha256_file
 from bin_daemon.errors import ModelError
+from bin_daemon.model.classifier import TFLITE_MAGIC, read_card, sha256_file
 from bin_daemon.paths import PACKAGE_DIR
 
 MODEL_FILE = "waste_classifier.tflite"
