@@ -259,3 +259,14 @@ def test_cli_classify_json_for_the_model_store(tmp_path, samples_dir, capsys):
     assert result["image"] == str(image) and result["label"] in {"glass", "paper", "cardboard",
                                                                   "metal", "plastic", "trash"}  # fmt: skip
     assert len(result["top"]) == 3
+
+
+def test_spool_frame_path_finds_saved_frames_and_refuses_ids_that_are_not_item_ids(tmp_path):
+    spool = Spool(tmp_path / "spool", save="all")
+    saved_id = "20260101T120000123Z-a1b2c3-0007"
+    spool.maybe_save(event(saved_id), np.zeros((8, 8, 3), np.uint8))
+    assert spool.frame_path(saved_id) == tmp_path / "spool" / f"{saved_id}.jpg"
+    assert spool.frame_path("20260101T120000123Z-a1b2c3-0008") is None  # not saved
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    for hostile in ("../secret", "../../etc/passwd", f"{saved_id}/..", "", saved_id + "\n"):
+        assert spool.frame_path(hostile) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from bin_daemon.records.events import SortEvent
 log = logging.getLogger(__name__)
 
 MODES = ("none", "unsure", "all")
+
+ITEM_ID_PATTERN = re.compile(r"[0-9]{8}T[0-9]{9}Z-[0-9A-Za-z]{1,32}-[0-9]{4,}")
+"""What an item id looks like (``sorter._item_id``): the only names the spool reads back."""
 
 
 class Spool:
@@ -68,6 +72,17 @@ class Spool:
         self.saved += 1
         self.enforce_quota()
         return jpg
+
+    def frame_path(self, item_id: str) -> Path | None:
+        """The saved JPEG of ``item_id``, or None if it has none (or the id is malformed).
+
+        The id is checked against :data:`ITEM_ID_PATTERN` before it becomes part of a path,
+        so an id from a request or a command line can never reach outside the spool.
+        """
+        if not ITEM_ID_PATTERN.fullmatch(item_id):
+            return None
+        path = self.directory / f"{item_id}.jpg"
+        return path if path.is_file() else None
 
     def enforce_quota(self) -> None:
         """Delete the oldest items (by name: item ids start with a UTC time) beyond the quota."""
