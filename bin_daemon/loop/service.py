@@ -414,6 +414,8 @@ class Service:
                 request_swap=lambda request, note: self._swaps.put((request, note)),
                 report=lambda report: self.telemetry.report_model(report),
                 max_bytes=int(settings.mqtt.max_model_mb * 1024 * 1024),
+                # model signatures: the keys of the config running now (a reload may change them)
+                trusted_keys=lambda: getattr(self, "_config", config).model.trusted_keys,
             )
         self.telemetry = Telemetry(
             settings,
