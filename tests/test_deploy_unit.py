@@ -177,7 +177,13 @@ def test_mqtt_drop_in_opens_only_what_mqtt_needs() -> None:
     values = directives(DROP_INS / "mqtt.conf.example")
     assert values["Service.PrivateNetwork"] == ["no"]
     assert values["Service.RestrictAddressFamilies"] == ["", "AF_UNIX AF_NETLINK AF_INET AF_INET6"]
-    assert "any" not in values["Service.IPAddressAllow"]  # the broker only, not the world
+    allowed = values["Service.IPAddressAllow"]
+    assert "any" not in allowed  # the broker and DNS only, not the world
+    # A broker given by name needs the resolvers of /etc/resolv.conf: on Raspberry Pi OS
+    # Bookworm (NetworkManager) that is the router, not a stub on localhost.
+    resolvers = [a for a in allowed if a not in ("localhost", "192.0.2.10")]
+    assert resolvers, allowed
+    assert "grep ^nameserver /etc/resolv.conf" in (DROP_INS / "mqtt.conf.example").read_text()
     assert values["Service.LoadCredential"] == ["mqtt_password:/etc/bin-daemon/mqtt_password"]
     assert directives()["Service.IPAddressDeny"] == ["any"]  # the unit stays closed without it
 
