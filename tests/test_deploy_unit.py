@@ -14,14 +14,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest_tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "bin-daemon.service"
 MAX_EXPOSURE = 2.0
 ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(
-    ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)"
-)
+
+
+@pytest.fixture
+def needs_analyze() -> None:
+    require_tool(ANALYZE, "systemd-analyze", "systemd")
+
+
 HOST_UNITS = next(
     (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
     None,
@@ -133,7 +138,7 @@ def staged_root(tmp_path: Path) -> Path:
     return root
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_verify_is_clean_on_the_installed_unit(staged_root: Path) -> None:
     done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
     assert done.returncode == 0 and done.stderr == "" and done.stdout == "", (
@@ -141,7 +146,7 @@ def test_verify_is_clean_on_the_installed_unit(staged_root: Path) -> None:
     )
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_verify_would_catch_a_broken_unit(staged_root: Path) -> None:
     unit = staged_root / "etc/systemd/system/bin-daemon.service"
     unit.write_text(
@@ -156,7 +161,7 @@ def test_verify_would_catch_a_broken_unit(staged_root: Path) -> None:
     assert "notfiy" in done.stderr and "bin-deamon" in done.stderr
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_security_exposure_is_at_most_2() -> None:
     done = _analyze("security", "--offline=true", str(UNIT))
     match = re.search(r"Overall exposure level for bin-daemon\.service: (\d+\.\d+)", done.stdout)
@@ -188,7 +193,7 @@ def test_mqtt_drop_in_opens_only_what_mqtt_needs() -> None:
     assert directives()["Service.IPAddressDeny"] == ["any"]  # the unit stays closed without it
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 @pytest.mark.parametrize("name", ["mqtt", "prometheus"])
 def test_verify_is_clean_with_the_drop_in(staged_root: Path, name: str) -> None:
     folder = staged_root / "etc/systemd/system/bin-daemon.service.d"
