@@ -13,7 +13,7 @@ Layout (default root ``/var/lib/bin-daemon/models``)::
 
 The daemon's config points at ``models/current``. ``install`` checks a new model (TFLite
 magic, card, sha256, labels), runs a self-test on the golden images *in a child process*
-(a malformed int8 model can abort the interpreter's whole process, see TOOLCHAIN.md), and
+(a malformed int8 model can abort the interpreter's whole process, see docs/TOOLCHAIN.md), and
 only then moves the symlinks, each with ``os.replace`` so a reader sees the old model or
 the new one, never a half-written one. Folders that neither link names are pruned.
 """
