@@ -209,7 +209,7 @@ def test_unsigned_foreign_and_altered_models_are_refused_and_reported(
 
 
 def test_a_bin_without_trusted_keys_refuses_every_roll_out(
-    tmp_path, samples_dir, broker, model_dir, models_http, fleet_key
+    tmp_path, samples_dir, broker, model_dir, models_http, fleet_key, caplog
 ):
     config, store = store_config(tmp_path, broker.port, trusted_keys=[])
     before = os.readlink(store.root / "current")
@@ -221,6 +221,8 @@ def test_a_bin_without_trusted_keys_refuses_every_roll_out(
         report = reports(watcher)[-1]
         assert report["result"] == "refused"
         assert report["reason"].startswith("no trusted keys: set model.trusted_keys")
+    # ... and said so at start, before any roll-out came.
+    assert "model roll-outs over MQTT will be refused: no trusted keys" in caplog.text
     assert os.readlink(store.root / "current") == before
     watcher.close()
 

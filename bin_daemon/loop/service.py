@@ -397,7 +397,7 @@ class Service:
         settings = config.telemetry
         if settings.mqtt is None and settings.prometheus.textfile_path is None:
             return
-        from bin_daemon.telemetry.rollout_worker import RolloutWorker
+        from bin_daemon.telemetry.rollout_worker import NO_KEYS, RolloutWorker
         from bin_daemon.telemetry.runtime import Telemetry
         from bin_daemon.telemetry.topics import Topics
 
@@ -406,6 +406,8 @@ class Service:
             self._model_store, problem = rollout_store(config, self._store_factory)
             if problem is not None:
                 log.warning("model roll-outs over MQTT will be refused: %s", problem)
+            elif not config.model.trusted_keys:  # model signatures
+                log.warning("model roll-outs over MQTT will be refused: %s", NO_KEYS)
             rollout = RolloutWorker(
                 own_topic=Topics(settings.mqtt.bin_id).model,
                 store=self._model_store,
