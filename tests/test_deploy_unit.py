@@ -207,3 +207,29 @@ def test_verify_is_clean_with_the_drop_in(staged_root: Path, name: str) -> None:
     drop_in.write_text(drop_in.read_text().replace("[Service]", "[Service]\nPrivateNetwrok=no"))
     done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
     assert "PrivateNetwrok" in done.stderr  # the same check sees a typo in the drop-in
+
+
+@pytest.mark.usefixtures("needs_analyze")
+@pytest.mark.parametrize(
+    ("allow", "valid"),
+    [
+        ("192.168.1.0/24", True),  # the router's subnet, when DHCP may change the resolver
+        ("link-local", True),  # an IPv6 router as resolver (nameserver fe80::1%wlan0)
+        ("fe80::1", True),
+        ("broker.example.org", False),  # a host name: systemd cannot take one here
+    ],
+)
+def test_the_drop_ins_documented_dns_alternatives_parse(
+    staged_root: Path, allow: str, valid: bool
+) -> None:
+    folder = staged_root / "etc/systemd/system/bin-daemon.service.d"
+    folder.mkdir(parents=True)
+    text = (DROP_INS / "mqtt.conf.example").read_text()
+    (folder / "mqtt.conf").write_text(
+        text.replace("IPAddressAllow=192.168.1.1", f"IPAddressAllow={allow}")
+    )
+    done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
+    if valid:
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+    else:
+        assert allow in done.stderr, done.stderr
