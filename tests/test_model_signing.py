@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,7 @@ def test_no_trusted_keys_refuses_even_a_signed_model(tmp_path, key) -> None:
 def test_store_install_checks_the_signature_and_keeps_it(tmp_path, key) -> None:
     script = tmp_path / "fake_classify.py"
     script.write_text(FAKE_CLASSIFY)
-    store = ModelStore(tmp_path / "store", classify_command=["python3", str(script)])
+    store = ModelStore(tmp_path / "store", classify_command=[sys.executable, str(script)])
     unsigned = make_model(tmp_path / "unsigned")
     with pytest.raises(SignatureError, match="unsigned model"):
         store.install(unsigned, trusted_keys=[key[1]])

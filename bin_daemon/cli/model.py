@@ -25,11 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``model`` and its three subcommands on the main CLI's subparsers."""
     model = subparsers.add_parser(
         "model",
-        help="install, roll back or show the classifier model the daemon runs",
+        help="install, roll back or show the classifier model the daemon runs; sign models",
         description=(
             "Manage the model store (default /var/lib/bin-daemon/models, or "
             f"${STORE_ENV}). The daemon runs the store's 'current' model and switches on "
-            "SIGHUP (systemctl reload bin-daemon)."
+            "SIGHUP (systemctl reload bin-daemon). keygen, sign and verify are the fleet "
+            "owner's model signatures (docs/FLEET.md)."
         ),
     )
     actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
