@@ -7,6 +7,7 @@ key, e.g. ``/etc/bin-daemon/config.yaml:12: bins.recycling.servo_gpoi: unknown k
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,6 +56,30 @@ class ModelConfig(_Section):
     on_sha256_mismatch: Literal["refuse", "warn"] = Field(
         "refuse", description="What to do when the model file does not match its card's sha256"
     )
+    # --- model signatures (bin_daemon/model/signing.py) ---
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="The fleet owner's ed25519 public keys (the base64 line 'bin-daemon model "
+        "keygen' prints); a model rolled out over MQTT must be signed by one of them "
+        "(empty: roll-outs are refused); 'model install --config' checks them too",
+    )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                raw = base64.b64decode(text.strip(), validate=True)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(
+                    f"{text[:20]!r}: not an ed25519 public key (the 44-character base64 line "
+                    "'bin-daemon model keygen' prints)"
+                )
+        return [text.strip() for text in value]
+
+    # --- end of model signatures ---
 
 
 class _SensorSection(_Section):

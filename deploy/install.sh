@@ -22,6 +22,7 @@ readonly APT_PACKAGES=(
   python3-picamera2             # camera; brings python3-libcamera and libcamera's IPA
   python3-systemd               # journal fields and sd_notify, without building from source
   python3-lgpio                 # gpiozero's pin factory on Bookworm (Pi 4 and Pi 5)
+  python3-cryptography          # model signatures (ed25519); pip then needs no wheel for it
   rpicam-apps-lite              # rpicam-hello --list-cameras, for checking the camera
 )
 # From the Raspberry Pi archive, not Debian's: --chroot (plain Debian) skips them.

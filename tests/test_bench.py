@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,11 +48,19 @@ def test_int8_worker_prints_its_numbers_as_json():
 
 
 def test_percentile_matches_numpy_linear():
+    """The worker avoids importing numpy (it would count in its start-up time), so its own
+    percentile is checked against numpy's default ("linear") here."""
     worker = load_bench_module("worker")
     values = [5.0, 1.0, 3.0, 2.0, 4.0]
     assert worker.percentile(values, 50) == 3.0
     assert worker.percentile(values, 95) == 4.8
     assert worker.percentile([7.0], 95) == 7.0
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 3, 7, 10, 101, 1000):
+        data = rng.lognormal(1.0, 0.8, size)  # latency-like: skewed, no ties
+        for q in (0, 1, 5, 25, 50, 75, 95, 99, 100, *rng.uniform(0, 100, 5)):
+            expected = np.percentile(data, q, method="linear")
+            assert worker.percentile(list(data), float(q)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_report_keeps_other_sections(tmp_path):

@@ -1,7 +1,9 @@
 """deploy/install.sh, staged into a temporary root: what it lays down, and that it undoes it.
 
 ``--root DIR`` skips apt-get, useradd, pip and systemctl (and says so), so these tests run
-anywhere with bash and coreutils, as any user.
+anywhere with bash and coreutils, as any user. Every staging run here gets a PATH that
+holds only Debian's essential tools (:data:`BASE_TOOLS`), so a new dependency of the
+installer fails these tests instead of passing on a well-stocked test machine.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from bin_daemon.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "deploy" / "install.sh"
@@ -35,15 +39,48 @@ dtoverlay=dwc2,dr_mode=host
 """
 
 
+# What a minimal Debian (Raspberry Pi OS Lite) always has: bash and the Essential packages
+# coreutils, grep, sed, mawk (awk) and diffutils (cmp). Staging may use nothing else.
+COREUTILS = ("cat", "chmod", "cp", "cut", "date", "dirname", "head", "id", "install", "ln", "ls",
+             "mkdir", "mktemp", "mv", "readlink", "rm", "rmdir", "sort", "stat", "tail", "touch",
+             "tr", "uname", "wc")  # fmt: skip
+BASE_TOOLS = ("bash", "awk", "sed", "grep", "cmp", *COREUTILS)
+
+
+@pytest.fixture(scope="session")
+def base_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PATH of only BASE_TOOLS (links to this machine's copies)."""
+    folder = tmp_path_factory.mktemp("base-tools")
+    for tool in BASE_TOOLS:
+        real = shutil.which(tool)
+        assert real, f"{tool} is missing on this machine (a minimal Debian has it)"
+        (folder / tool).symlink_to(real)
+    return str(folder)
+
+
+BASE_PATH = ""
+
+
+@pytest.fixture(autouse=True)
+def _base_path(base_path: str) -> None:
+    global BASE_PATH
+    BASE_PATH = base_path
+
+
 def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(INSTALL), *args],
+    """install.sh with ``args``; by default with a PATH of only :data:`BASE_TOOLS`."""
+    if env is None:
+        env = {"PATH": BASE_PATH, "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(INSTALL), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         env=env,
     )
+    assert "command not found" not in done.stderr, done.stderr
+    return done
 
 
 @pytest.fixture
@@ -101,11 +138,7 @@ def test_lays_down_unit_config_state_and_program_dir(installed: Path) -> None:
 
 
 def test_config_points_at_a_valid_store_path(installed: Path) -> None:
-    config_module = pytest.importorskip("bin_daemon.config")
-    load = getattr(config_module, "load_config", None)
-    if load is None:
-        pytest.skip("bin_daemon.config has no load_config yet")
-    config = load(installed / "etc/bin-daemon/config.yaml")
+    config = load_config(installed / "etc/bin-daemon/config.yaml")
     assert str(config.model.dir) == "/var/lib/bin-daemon/models/current"
 
 
@@ -240,7 +273,24 @@ def test_help_lists_the_options() -> None:
         assert option in done.stdout
 
 
-def test_installer_needs_only_base_tools() -> None:
-    """Staging uses bash, coreutils, awk, sed, cmp: all in a minimal Debian."""
-    for tool in ("bash", "install", "awk", "sed", "cmp", "mktemp"):
-        assert shutil.which(tool), tool
+def test_installer_needs_only_base_tools(tmp_path: Path, root: Path) -> None:
+    """Staging (install, again, uninstall, purge) runs with BASE_TOOLS alone, and a tool
+    outside them is noticed: the same run without grep on the PATH says so."""
+    for args in ([], [], ["--uninstall"], ["--uninstall", "--purge"]):
+        done = run_install("--root", str(root), *args)
+        assert done.returncode == 0, done.stderr
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for tool in BASE_TOOLS:
+        if tool != "grep":
+            (fewer / tool).symlink_to(Path(BASE_PATH) / tool)
+    done = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(INSTALL), "--root", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": str(fewer)},
+    )
+    # (install.sh goes on with a wrong warning here; run_install refuses any such line)
+    assert "grep: command not found" in done.stderr

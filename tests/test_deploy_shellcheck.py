@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest_tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted((REPO / "deploy").glob("*.sh"))
@@ -17,14 +18,11 @@ def test_there_are_scripts_to_check() -> None:
     assert REPO / "deploy" / "install.sh" in SCRIPTS
 
 
-@pytest.mark.skipif(
-    SHELLCHECK is None, reason="shellcheck not installed (apt-get install shellcheck)"
-)
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
 def test_shellcheck_clean(script: Path) -> None:
-    assert SHELLCHECK is not None
+    shellcheck = require_tool(SHELLCHECK, "shellcheck", "shellcheck")
     done = subprocess.run(
-        [SHELLCHECK, "--severity=style", "--external-sources", str(script)],
+        [shellcheck, "--severity=style", "--external-sources", str(script)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -14,14 +14,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest_tools import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "bin-daemon.service"
 MAX_EXPOSURE = 2.0
 ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(
-    ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)"
-)
+
+
+@pytest.fixture
+def needs_analyze() -> None:
+    require_tool(ANALYZE, "systemd-analyze", "systemd")
+
+
 HOST_UNITS = next(
     (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
     None,
@@ -133,7 +138,7 @@ def staged_root(tmp_path: Path) -> Path:
     return root
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_verify_is_clean_on_the_installed_unit(staged_root: Path) -> None:
     done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
     assert done.returncode == 0 and done.stderr == "" and done.stdout == "", (
@@ -141,7 +146,7 @@ def test_verify_is_clean_on_the_installed_unit(staged_root: Path) -> None:
     )
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_verify_would_catch_a_broken_unit(staged_root: Path) -> None:
     unit = staged_root / "etc/systemd/system/bin-daemon.service"
     unit.write_text(
@@ -156,7 +161,7 @@ def test_verify_would_catch_a_broken_unit(staged_root: Path) -> None:
     assert "notfiy" in done.stderr and "bin-deamon" in done.stderr
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_security_exposure_is_at_most_2() -> None:
     done = _analyze("security", "--offline=true", str(UNIT))
     match = re.search(r"Overall exposure level for bin-daemon\.service: (\d+\.\d+)", done.stdout)
@@ -177,12 +182,18 @@ def test_mqtt_drop_in_opens_only_what_mqtt_needs() -> None:
     values = directives(DROP_INS / "mqtt.conf.example")
     assert values["Service.PrivateNetwork"] == ["no"]
     assert values["Service.RestrictAddressFamilies"] == ["", "AF_UNIX AF_NETLINK AF_INET AF_INET6"]
-    assert "any" not in values["Service.IPAddressAllow"]  # the broker only, not the world
+    allowed = values["Service.IPAddressAllow"]
+    assert "any" not in allowed  # the broker and DNS only, not the world
+    # A broker given by name needs the resolvers of /etc/resolv.conf: on Raspberry Pi OS
+    # Bookworm (NetworkManager) that is the router, not a stub on localhost.
+    resolvers = [a for a in allowed if a not in ("localhost", "192.0.2.10")]
+    assert resolvers, allowed
+    assert "grep ^nameserver /etc/resolv.conf" in (DROP_INS / "mqtt.conf.example").read_text()
     assert values["Service.LoadCredential"] == ["mqtt_password:/etc/bin-daemon/mqtt_password"]
     assert directives()["Service.IPAddressDeny"] == ["any"]  # the unit stays closed without it
 
 
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 @pytest.mark.parametrize("name", ["mqtt", "prometheus"])
 def test_verify_is_clean_with_the_drop_in(staged_root: Path, name: str) -> None:
     folder = staged_root / "etc/systemd/system/bin-daemon.service.d"
@@ -196,3 +207,29 @@ def test_verify_is_clean_with_the_drop_in(staged_root: Path, name: str) -> None:
     drop_in.write_text(drop_in.read_text().replace("[Service]", "[Service]\nPrivateNetwrok=no"))
     done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
     assert "PrivateNetwrok" in done.stderr  # the same check sees a typo in the drop-in
+
+
+@pytest.mark.usefixtures("needs_analyze")
+@pytest.mark.parametrize(
+    ("allow", "valid"),
+    [
+        ("192.168.1.0/24", True),  # the router's subnet, when DHCP may change the resolver
+        ("link-local", True),  # an IPv6 router as resolver (nameserver fe80::1%wlan0)
+        ("fe80::1", True),
+        ("broker.example.org", False),  # a host name: systemd cannot take one here
+    ],
+)
+def test_the_drop_ins_documented_dns_alternatives_parse(
+    staged_root: Path, allow: str, valid: bool
+) -> None:
+    folder = staged_root / "etc/systemd/system/bin-daemon.service.d"
+    folder.mkdir(parents=True)
+    text = (DROP_INS / "mqtt.conf.example").read_text()
+    (folder / "mqtt.conf").write_text(
+        text.replace("IPAddressAllow=192.168.1.1", f"IPAddressAllow={allow}")
+    )
+    done = _analyze("verify", f"--root={staged_root}", "bin-daemon.service")
+    if valid:
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+    else:
+        assert allow in done.stderr, done.stderr

@@ -288,17 +288,7 @@ def test_cli_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
 # ------------------------------------------------------- the shipped model, for real
 
 
-def _real_classify_available() -> bool:
-    main = REPO / "bin_daemon" / "__main__.py"
-    cli = REPO / "bin_daemon" / "cli" / "commands.py"
-    return main.is_file() and cli.is_file() and '"classify"' in cli.read_text()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (REPO / "models" / MODEL_FILE).is_file() or not _real_classify_available(),
-    reason="needs the trained model in models/ and the 'classify' command",
-)
 def test_shipped_model_installs_with_the_real_self_test(tmp_path: Path) -> None:
     source = tmp_path / "shipped"
     shutil.copytree(REPO / "models", source)
@@ -330,10 +320,6 @@ def _fixture_model(tmp_path: Path, name: str) -> Path:
     return folder
 
 
-@pytest.mark.skipif(
-    not (FIXTURES / "tiny_uint8_32px.tflite").is_file() or not _real_classify_available(),
-    reason="needs the classifier's fixture models and the 'classify' command",
-)
 @pytest.mark.parametrize(
     ("name", "message"),
     [

@@ -19,6 +19,7 @@ from test_model_store import make_model
 from bin_daemon.config import load_config
 from bin_daemon.errors import ConfigError
 from bin_daemon.hardware.fakes import FakeClock
+from bin_daemon.model import signing
 from bin_daemon.model.store import MODEL_FILE
 from bin_daemon.records.eventlog import EventLog
 from bin_daemon.telemetry import prometheus
@@ -234,13 +235,18 @@ def test_roll_out_message_forms():
     assert parse_request(b"") is None  # a cleared retained message
     request = parse_request(json.dumps({"url": " /m ", "sha256": "AB" * 32}).encode(), topic="t")
     assert request == RolloutRequest(url="/m", sha256="ab" * 32, topic="t")
-    with pytest.raises(RolloutError, match="unsupported URL scheme 'ftp'"):
+    with pytest.raises(RolloutError, match="unsupported URL"):
         fetch(RolloutRequest("ftp://x/m.tflite", "a" * 64), Path("/tmp"), max_bytes=100)
+    with pytest.raises(RolloutError, match="a local path"):
+        fetch(RolloutRequest("/m/waste_classifier.tflite", "a" * 64), Path("/tmp"), max_bytes=100)
 
 
 @pytest.fixture
 def http_models(tmp_path):
     folder = make_model(tmp_path / "served")
+    signing.generate_key(tmp_path / "key")
+    key = signing.load_private_key(tmp_path / "key")
+    signing.sign_folder(folder, [MODEL_FILE, "labels.txt", "model_card.json"], key)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -263,6 +269,9 @@ def test_http_roll_out_fetches_the_model_with_its_card_and_checks_sha256_size(
         fetch(RolloutRequest(url, sha), tmp_path / "w3", max_bytes=10)
     with pytest.raises(RolloutError, match="download failed"):
         fetch(RolloutRequest(url + ".missing", sha), tmp_path / "w4", max_bytes=1 << 20)
+    (folder / "model.sig").unlink()
+    with pytest.raises(RolloutError, match=r"unsigned model: .*model.sig: download failed"):
+        fetch(RolloutRequest(url, sha), tmp_path / "w5", max_bytes=1 << 20)
 
 
 # ------------------------------------------------------------------------ fleet view

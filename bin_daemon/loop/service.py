@@ -397,7 +397,7 @@ class Service:
         settings = config.telemetry
         if settings.mqtt is None and settings.prometheus.textfile_path is None:
             return
-        from bin_daemon.telemetry.rollout_worker import RolloutWorker
+        from bin_daemon.telemetry.rollout_worker import NO_KEYS, RolloutWorker
         from bin_daemon.telemetry.runtime import Telemetry
         from bin_daemon.telemetry.topics import Topics
 
@@ -406,6 +406,8 @@ class Service:
             self._model_store, problem = rollout_store(config, self._store_factory)
             if problem is not None:
                 log.warning("model roll-outs over MQTT will be refused: %s", problem)
+            elif not config.model.trusted_keys:  # model signatures
+                log.warning("model roll-outs over MQTT will be refused: %s", NO_KEYS)
             rollout = RolloutWorker(
                 own_topic=Topics(settings.mqtt.bin_id).model,
                 store=self._model_store,
@@ -414,6 +416,8 @@ class Service:
                 request_swap=lambda request, note: self._swaps.put((request, note)),
                 report=lambda report: self.telemetry.report_model(report),
                 max_bytes=int(settings.mqtt.max_model_mb * 1024 * 1024),
+                # model signatures: the keys of the config running now (a reload may change them)
+                trusted_keys=lambda: getattr(self, "_config", config).model.trusted_keys,
             )
         self.telemetry = Telemetry(
             settings,

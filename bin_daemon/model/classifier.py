@@ -245,7 +245,7 @@ def _filtered_stderr(drop: bytes) -> Iterator[None]:
     """Hide one known, harmless line the interpreter's C++ code writes to stderr (fd 2).
 
     Everything else it writes is passed on when the block ends. If the process dies inside
-    the block, its exit status still tells (see TOOLCHAIN.md on aborting models).
+    the block, its exit status still tells (docs/TOOLCHAIN.md: aborting models).
     """
     try:
         saved = os.dup(2)

@@ -1,8 +1,10 @@
-"""How pixels reach the model: decoding and the input transform.
+"""How pixels reach the model: decoding and the input transform; the project's image adapter.
 
 The daemon, ``classify``, ``evaluate`` and training all call these functions, so the model
 sees a camera frame exactly the way it saw its training images. This is the only module
-that imports OpenCV.
+that imports OpenCV: the pixel operations training's camera effects need (rotation, blur,
+a JPEG round trip, shrinking) are at the end, so that training uses the same library
+through the same door.
 
 The transform is deliberately simple: take the largest centred square, resize it to the
 model's input size with area interpolation, keep RGB uint8. Normalisation lives inside the
@@ -109,3 +111,38 @@ def to_model_input(image_rgb: np.ndarray, size: int) -> np.ndarray:
             f"expected an RGB uint8 image of shape (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}"
         )
     return np.ascontiguousarray(resize(center_square(image_rgb), size))
+
+
+# ---------------------------------------------- pixel operations for training's augmentation
+
+
+def shrink_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to ``width`` x ``height`` with area interpolation (for shrinking)."""
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate about the centre, same size, the border filled by reflection."""
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT_101)
+
+
+def gaussian_blur(image: np.ndarray, kernel: int) -> np.ndarray:
+    """Focus blur: a Gaussian of odd ``kernel`` pixels (sigma from the kernel size)."""
+    return cv2.GaussianBlur(image, (kernel, kernel), 0)
+
+
+def motion_blur(image: np.ndarray, kernel: int, degrees: float) -> np.ndarray:
+    """Motion blur: the average along a ``kernel``-pixel line at ``degrees``."""
+    line = np.zeros((kernel, kernel), np.float32)
+    line[kernel // 2, :] = 1.0 / kernel
+    centre = (kernel / 2 - 0.5, kernel / 2 - 0.5)
+    line = cv2.warpAffine(line, cv2.getRotationMatrix2D(centre, degrees, 1.0), (kernel, kernel))
+    return cv2.filter2D(image, -1, line / max(line.sum(), 1e-6))
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """The image after JPEG compression at ``quality`` (its channels coded as they are)."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else image

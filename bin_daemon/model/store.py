@@ -13,7 +13,7 @@ Layout (default root ``/var/lib/bin-daemon/models``)::
 
 The daemon's config points at ``models/current``. ``install`` checks a new model (TFLite
 magic, card, sha256, labels), runs a self-test on the golden images *in a child process*
-(a malformed int8 model can abort the interpreter's whole process, see TOOLCHAIN.md), and
+(a malformed int8 model can abort the interpreter's whole process, see docs/TOOLCHAIN.md), and
 only then moves the symlinks, each with ``os.replace`` so a reader sees the old model or
 the new one, never a half-written one. Folders that neither link names are pruned.
 """
@@ -44,7 +44,8 @@ MODEL_FILE = "waste_classifier.tflite"
 LABELS_FILE = "labels.txt"
 CARD_FILE = "model_card.json"
 INSTALL_RECORD = "installed.json"
-"""A TFLite flatbuffer carries its file identifier at byte offset 4."""
+SIGNATURE_FILE = "model.sig"
+"""The fleet owner's signature of the folder (bin_daemon.model.signing)."""
 
 DEFAULT_STORE = Path("/var/lib/bin-daemon/models")
 STORE_ENV = "BIN_DAEMON_MODEL_STORE"
@@ -85,7 +86,7 @@ class CheckedModel:
         return f"{self.version}-{short}" if _SAFE_NAME.match(self.version) else short
 
 
-def _locate(source: Path) -> tuple[Path, Path, Path]:
+def locate(source: Path) -> tuple[Path, Path, Path]:
     """(model, card, labels) for a model folder or a ``.tflite`` with its card beside it."""
     if source.is_dir():
         card_path = source / CARD_FILE
@@ -140,7 +141,7 @@ def check_model(source: Path) -> CheckedModel:
     """Static checks of a model folder or ``.tflite`` file; :class:`ModelError` on the first
     problem, in this order: files present, TFLite magic, card valid, sha256, labels."""
     source = Path(source)
-    model, card_path, labels_path = _locate(source)
+    model, card_path, labels_path = locate(source)
     if not model.is_file():
         raise ModelError(f"{model}: model file missing")
     with model.open("rb") as stream:
@@ -175,6 +176,17 @@ def check_model(source: Path) -> CheckedModel:
         sha256=digest,
         labels=labels,
     )
+
+
+def verify_signature(source: Path, trusted_keys: Sequence[str]) -> str:
+    """The key id that signed the model folder (or ``.tflite``'s folder) ``source``;
+    :class:`~bin_daemon.model.signing.SignatureError` if it is unsigned or badly signed."""
+    from bin_daemon.model import signing  # cryptography: only when a signature is checked
+
+    model, card_path, labels_path = locate(Path(source))
+    folder = model.parent
+    required = [model.name, card_path.name, labels_path.name]
+    return signing.verify_folder(folder, required, trusted_keys).key_id
 
 
 # ------------------------------------------------------------------------------ self-test
@@ -381,9 +393,22 @@ class ModelStore:
                 ) from error
             yield
 
-    def install(self, source: Path, *, run_self_test: bool = True) -> InstallResult:
+    def install(
+        self,
+        source: Path,
+        *,
+        run_self_test: bool = True,
+        trusted_keys: Sequence[str] | None = None,
+    ) -> InstallResult:
         """Check ``source``, self-test it, make it ``current``; the old current becomes
-        ``previous``. Nothing changes unless every step passes."""
+        ``previous``. Nothing changes unless every step passes.
+
+        With ``trusted_keys`` (even empty) the folder's ``model.sig`` must be signed by one of
+        them and cover the model, its labels and its card (:mod:`bin_daemon.model.signing`);
+        checked first, before anything else is read."""
+        signer = None
+        if trusted_keys is not None:
+            signer = verify_signature(Path(source), trusted_keys)
         checked = check_model(Path(source))
         with self._locked():
             current = self.entry(CURRENT)
@@ -391,7 +416,7 @@ class ModelStore:
                 return InstallResult(current, self.entry(PREVIOUS), None, already_current=True)
             staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.root))
             try:
-                self._stage(checked, staging, source)
+                self._stage(checked, staging, source, signer)
                 result = None
                 if run_self_test:
                     golden = self._golden or load_golden()
@@ -436,12 +461,22 @@ class ModelStore:
 
     # ---- helpers
 
-    def _stage(self, checked: CheckedModel, staging: Path, source: Path) -> None:
+    def _stage(
+        self, checked: CheckedModel, staging: Path, source: Path, signer: str | None
+    ) -> None:
         os.chmod(staging, 0o755)
         shutil.copyfile(checked.model, staging / MODEL_FILE)
         shutil.copyfile(checked.labels_file, staging / LABELS_FILE)
-        card = dict(checked.card, model_file=MODEL_FILE)
-        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        card_path = checked.model.parent / CARD_FILE
+        signature = checked.model.parent / SIGNATURE_FILE
+        if checked.model.name == MODEL_FILE:
+            # Byte for byte, so a signed folder's model.sig still checks out in the store.
+            shutil.copyfile(card_path, staging / CARD_FILE)
+            if signature.is_file():
+                shutil.copyfile(signature, staging / SIGNATURE_FILE)
+        else:
+            card = dict(checked.card, model_file=MODEL_FILE)
+            (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         if sha256_file(staging / MODEL_FILE) != checked.sha256:
             raise ModelError(f"{checked.model}: changed while it was being copied; try again")
         record = {
@@ -450,6 +485,8 @@ class ModelStore:
             "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": str(Path(source).resolve()),
         }
+        if signer is not None:
+            record["signed_by"] = signer
         (staging / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         for path in staging.iterdir():
             os.chmod(path, 0o644)

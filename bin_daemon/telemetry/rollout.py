@@ -6,9 +6,11 @@ for every bin)::
     {"url": "https://models.example.org/v7/waste_classifier.tflite",
      "sha256": "<64 hex digits of the .tflite>"}
 
-``url`` is an http(s) or ``file://`` URL, or a path on the bin, of a ``.tflite`` file whose
-``model_card.json`` and ``labels.txt`` lie beside it (a local folder of the three works
-too). The ``.tflite`` must hash to ``sha256`` before anything else happens; then the model
+``url`` is an http(s) URL of a ``.tflite`` file whose ``model_card.json``, ``labels.txt`` and
+``model.sig`` (the fleet owner's signature, :mod:`bin_daemon.model.signing`) lie beside it.
+Local paths and ``file://`` URLs are refused: a message from the network must not make the
+bin read its own files. The ``.tflite`` must hash to ``sha256`` before anything else is
+fetched; then the signature is checked against the bin's trusted keys, and the model
 store's own install (card, labels, self-test in a child process) decides. An empty payload
 clears a retained roll-out and is ignored.
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 from bin_daemon.errors import BinDaemonError
 from bin_daemon.model.classifier import sha256_file
-from bin_daemon.model.store import CARD_FILE, LABELS_FILE, MODEL_FILE
+from bin_daemon.model.store import CARD_FILE, LABELS_FILE, MODEL_FILE, SIGNATURE_FILE
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FETCH_TIMEOUT_S = 30.0
@@ -70,15 +72,17 @@ def parse_request(payload: bytes, *, topic: str = "") -> RolloutRequest | None:
     return RolloutRequest(url=url.strip(), sha256=sha256.lower(), topic=topic)
 
 
-def _local_path(url: str) -> Path | None:
+def check_url(url: str) -> None:
+    """Only http(s) URLs with a host: a roll-out never names a file on the bin itself."""
     parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path))
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and url[1:3] in (":\\", ":/")):
-        return Path(url)
-    if parsed.scheme in ("http", "https"):
-        return None
-    raise RolloutError(f"unsupported URL scheme {parsed.scheme!r} (http, https, file or a path)")
+    if parsed.scheme in ("http", "https") and parsed.hostname:
+        return
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and url[1:3] in (":\\", ":/")):
+        raise RolloutError(
+            f"{url}: a local path; roll-outs over the network take http(s) URLs only "
+            "(install a local model with 'bin-daemon model install DIR')"
+        )
+    raise RolloutError(f"{url}: unsupported URL (http or https with a host name)")
 
 
 def _download(url: str, target: Path, *, max_bytes: int, timeout_s: float) -> None:
@@ -103,26 +107,21 @@ def _download(url: str, target: Path, *, max_bytes: int, timeout_s: float) -> No
 
 def fetch(request: RolloutRequest, work_dir: Path, *, max_bytes: int,
           timeout_s: float = FETCH_TIMEOUT_S) -> Path:  # fmt: skip
-    """The model named by ``request`` as a local model folder or ``.tflite`` (with its card
-    and labels beside it), its sha256 checked. Downloads go into ``work_dir``."""
-    local = _local_path(request.url)
-    if local is not None:
-        if not local.exists():
-            raise RolloutError(f"{local}: no such file or folder on this bin")
-        model = local / MODEL_FILE if local.is_dir() else local
-        if not model.is_file():
-            raise RolloutError(f"{model}: model file missing")
-        if model.stat().st_size > max_bytes:
-            raise RolloutError(f"{model}: larger than the {max_bytes} bytes allowed")
-        verify_sha256(model, request.sha256)
-        return local
+    """Download the model named by ``request`` with its card, labels and signature into
+    ``work_dir`` (a folder of the four), the ``.tflite``'s sha256 checked first."""
+    check_url(request.url)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = work_dir / MODEL_FILE
     _download(request.url, model, max_bytes=max_bytes, timeout_s=timeout_s)
     verify_sha256(model, request.sha256)  # before fetching anything else
-    for name in (CARD_FILE, LABELS_FILE):
-        _download(urllib.parse.urljoin(request.url, name), work_dir / name,
-                  max_bytes=SIDE_FILE_MAX_BYTES, timeout_s=timeout_s)  # fmt: skip
+    for name in (CARD_FILE, LABELS_FILE, SIGNATURE_FILE):
+        url = urllib.parse.urljoin(request.url, name)
+        try:
+            _download(url, work_dir / name, max_bytes=SIDE_FILE_MAX_BYTES, timeout_s=timeout_s)
+        except RolloutError as error:
+            if name != SIGNATURE_FILE:
+                raise
+            raise RolloutError(f"unsigned model: no signature beside it ({error})") from None
     return work_dir
 
 

@@ -1,7 +1,8 @@
 """The roll-out thread: one roll-out at a time, through the model store.
 
 Messages arrive on MQTT's network thread (``offer``, which only records them); this thread
-fetches the model, checks the message's sha256 against the ``.tflite``, and installs it with
+fetches the model, checks the message's sha256 against the ``.tflite`` and the folder's
+signature against the config's ``model.trusted_keys``, and installs it with
 :meth:`ModelStore.install` (card, labels, self-test in a child process; nothing changes
 unless all pass). The switch itself happens in the sorting loop between items, as on SIGHUP
 (``request_swap``); the service reports ``applied`` or, if the daemon cannot run the new
@@ -13,20 +14,35 @@ again at every reconnect: one already handled in this run is not fetched again.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.model.store import ModelStore
+from bin_daemon.model.store import INSTALL_RECORD, ModelStore
 from bin_daemon.telemetry.rollout import RolloutError, RolloutRequest, clean, fetch, parse_request
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any]], None]
+NO_KEYS = (
+    "no trusted keys: set model.trusted_keys in the bin's config to the fleet's public key "
+    "(bin-daemon model keygen); unsigned models are refused"
+)
+
+
+def read_signer(folder: Path) -> str | None:
+    """The key id an installed model folder was signed by (its installed.json), if any."""
+    try:
+        record = json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    signer = record.get("signed_by") if isinstance(record, dict) else None
+    return signer if isinstance(signer, str) else None
 
 
 def outcome(result: str, reason: str, request: RolloutRequest | None = None,
@@ -52,6 +68,7 @@ class RolloutWorker:
         request_swap: Callable[[RolloutRequest, str], None],
         report: Report,
         max_bytes: int,
+        trusted_keys: Callable[[], Sequence[str]] = list,
     ) -> None:
         self.own_topic = own_topic
         self.store = store
@@ -60,6 +77,8 @@ class RolloutWorker:
         self._request_swap = request_swap
         self._report = report
         self.max_bytes = max_bytes
+        self._trusted_keys = trusted_keys
+        """The config's model.trusted_keys, read at each roll-out (a reload may change them)."""
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -129,13 +148,18 @@ class RolloutWorker:
         if self.store is None:
             self._refuse(outcome("refused", self.store_problem or "no model store", request))
             return
+        keys = list(self._trusted_keys())
+        if not keys:
+            self._refuse(outcome("refused", NO_KEYS, request))
+            return
         log.info("roll-out %s from %s: fetching", request.sha256[:12], request.url)
         work = Path(tempfile.mkdtemp(prefix="bin-daemon-rollout-"))
         try:
             source = fetch(request, work, max_bytes=self.max_bytes)
-            result = self.store.install(source)
+            result = self.store.install(source, trusted_keys=keys)
         except (BinDaemonError, OSError) as error:
-            self._refuse(outcome("refused", str(error), request))
+            # The download folder is temporary: name the files, not where they were.
+            self._refuse(outcome("refused", str(error).replace(f"{work}/", ""), request))
             return
         finally:
             clean(work)
@@ -145,6 +169,9 @@ class RolloutWorker:
             if test is not None
             else "installed in the store earlier"
         )
+        signer = read_signer(result.entry.path)
+        if signer:
+            note += f", signed by key {signer}"
         log.info("roll-out %s: %s; switching between items", request.sha256[:12], note)
         self._request_swap(request, note)
 

@@ -7,17 +7,17 @@ to a training image; ``CORRUPTIONS`` are the same effects at fixed, moderate sev
 with their own random parameters, used to measure the model under bin-camera conditions
 (``bin_camera_view`` applies a random combination of them).
 
-Images are RGB uint8 arrays. This training-only module uses OpenCV directly; the daemon's
-own image code is ``bin_daemon.model.preprocess``.
+Images are RGB uint8 arrays. The pixel operations themselves (rotation, blur, JPEG) are
+in ``bin_daemon.model.preprocess``, the project's one OpenCV module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 
+from bin_daemon.model import preprocess
 from bin_daemon.model.preprocess import center_square, resize
 
 Rng = np.random.Generator
@@ -28,9 +28,7 @@ def _clip(image: np.ndarray) -> np.ndarray:
 
 
 def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
-    height, width = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
-    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT_101)
+    return preprocess.rotate(image, degrees)
 
 
 def white_balance(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
@@ -48,20 +46,12 @@ def sensor_noise(image: np.ndarray, sigma: float, rng: Rng) -> np.ndarray:
 
 def blur(image: np.ndarray, kernel: int, motion: bool, rng: Rng) -> np.ndarray:
     if not motion:
-        return cv2.GaussianBlur(image, (kernel, kernel), 0)
-    line = np.zeros((kernel, kernel), np.float32)
-    line[kernel // 2, :] = 1.0 / kernel
-    line = cv2.warpAffine(
-        line,
-        cv2.getRotationMatrix2D((kernel / 2 - 0.5, kernel / 2 - 0.5), rng.uniform(0, 180), 1.0),
-        (kernel, kernel),
-    )
-    return cv2.filter2D(image, -1, line / max(line.sum(), 1e-6))
+        return preprocess.gaussian_blur(image, kernel)
+    return preprocess.motion_blur(image, kernel, rng.uniform(0, 180))
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else image
+    return preprocess.jpeg_roundtrip(image, quality)
 
 
 def crop_box(image: np.ndarray, area: float, aspect: float, rng: Rng) -> np.ndarray:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 
-from bin_daemon.model.preprocess import load_image, to_model_input
+from bin_daemon.model.preprocess import load_image, shrink_to, to_model_input
 from bin_daemon.training.camera_effects import augment
 from bin_daemon.training.split import Sample
 
@@ -20,8 +19,7 @@ def shrink(image: np.ndarray, short_side: int) -> np.ndarray:
     scale = short_side / min(height, width)
     if scale >= 1.0:
         return image
-    size = (round(width * scale), round(height * scale))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return shrink_to(image, round(width * scale), round(height * scale))
 
 
 def load_for_training(root: Path, samples: list[Sample], short_side: int) -> list[np.ndarray]:
