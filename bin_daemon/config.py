@@ -55,6 +55,11 @@ class ModelConfig(_Section):
     on_sha256_mismatch: Literal["refuse", "warn"] = Field(
         "refuse", description="What to do when the model file does not match its card's sha256"
     )
+    tta: Literal["none", "flip"] = Field(
+        "none",
+        description="Test-time augmentation: none, or flip (the frame and its mirror image, "
+        "probabilities averaged; two classifications per item)",
+    )
 
 
 class _SensorSection(_Section):
