@@ -84,9 +84,15 @@ def test_writes_bin_level_and_tta_figures_and_keeps_the_rest(refreshed):
             assert subset[view]["none"]["n"] == subset[view]["flip"]["n"] == 12
     latency = card["metrics"]["tta"]["latency_ms"]
     assert latency["none_p50"] > 0 and latency["flip_p50"] > 0 and latency["runs"] == 2
-    # nothing else in the card changes
-    assert {k: v for k, v in card.items() if k != "metrics"} == {
-        k: v for k, v in before.items() if k != "metrics"
+    # the shipped backbone row gains its bin accuracies; nothing else in the card changes
+    shipped = card["backbones"][0]
+    assert shipped["backbone"].endswith("(shipped)")
+    assert shipped["int8_bin_accuracy"] == bins["test"]["top1"]["bin_accuracy"]
+    assert shipped["val_bin_accuracy"] == results["val"]["clean"]["none"]["bin_accuracy"]
+    assert {k: v for k, v in shipped.items() if "bin_accuracy" not in k} == before["backbones"][0]
+    assert card["backbones"][1:] == before["backbones"][1:]
+    assert {k: v for k, v in card.items() if k not in {"metrics", "backbones"}} == {
+        k: v for k, v in before.items() if k not in {"metrics", "backbones"}
     }
     new = {"bin_level", "tta"}
     assert {k: v for k, v in card["metrics"].items() if k not in new} == {

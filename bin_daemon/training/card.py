@@ -241,10 +241,12 @@ def render_markdown(card: dict) -> str:
         "",
         "## Backbones compared (same split, same test images)",
         "",
-        "Validation columns are the ones to choose by; test columns are for reporting.",
+        "Validation columns are the ones to choose by; test columns are for reporting. Bin "
+        "accuracy: each item to its top-1 label's bin under the default bins (scored by "
+        "`compare`; n/a for rows it scored before bin accuracy existed).",
         "",
-        "| backbone | int8 val accuracy | val bin-camera | int8 test accuracy | int8 macro-F1 | float accuracy | test bin-camera | size | latency p50 (2 threads) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backbone | int8 val accuracy | val bin-camera | int8 test accuracy | int8 macro-F1 | float accuracy | test bin-camera | bin accuracy val / test | size | latency p50 (2 threads) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in card["backbones"]:
         float_acc = _pct(b["float_accuracy"]) if b.get("float_accuracy") is not None else "n/a"
@@ -256,7 +258,7 @@ def render_markdown(card: dict) -> str:
         )
         lines.append(
             f"| {b['backbone']} | {val_acc} | {val_cam} | {_pct(b['int8_accuracy'])} | {b['int8_macro_f1']:.3f} | {float_acc} | "
-            f"{_pct(b['bin_camera_accuracy'])} | {b['size_bytes'] / 1e6:.2f} MB | {b['latency_ms_p50']:.1f} ms |"
+            f"{_pct(b['bin_camera_accuracy'])} | {_bin_accuracies(b)} | {b['size_bytes'] / 1e6:.2f} MB | {b['latency_ms_p50']:.1f} ms |"
         )
     notes = [b for b in card["backbones"] if b.get("note")]
     lines += [""] + [f"- {b['backbone']}: {b['note']}" for b in notes]
@@ -287,6 +289,13 @@ def render_markdown(card: dict) -> str:
         f"{100 / min(c['support'] for c in t['per_class'].values()):.1f} points per image.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _bin_accuracies(row: dict) -> str:
+    """A backbone row's top-1 bin accuracy, val / test (rows compare scored before it: n/a)."""
+    if row.get("val_bin_accuracy") is None:
+        return "n/a"
+    return f"{_pct(row['val_bin_accuracy'])} / {_pct(row['int8_bin_accuracy'])}"
 
 
 def _contamination(c: dict) -> str:

@@ -6,8 +6,9 @@ Scores the model in the folder by the daemon's own path (decode, preprocessing, 
 classifier, the policy's ``decide``) on the validation and test images of its ``split.csv``,
 clean and under bin-camera conditions (the views training and ``compare`` draw, from the same
 seeds), with ``model.tta`` none and flip. It writes ``metrics.bin_level`` (the test split,
-under the config's bins, fallback bin and the card's unsure threshold) and ``metrics.tta`` into
-``model_card.json`` and renders ``MODEL_CARD.md`` again; nothing else in the card changes.
+under the config's bins, fallback bin and the card's unsure threshold), ``metrics.tta`` and the
+shipped backbone row's bin accuracies into ``model_card.json`` and renders ``MODEL_CARD.md``
+again; nothing else in the card changes.
 
 Re-run it whenever the model file changes (its card's sha256 must match the file, as for the
 daemon); it also says whether the test split's top-1 confusion matrix is still the one the
@@ -189,6 +190,13 @@ def refresh(
     }
     card["metrics"]["bin_level"] = measured["bin_level"] | {"computed": computed}
     card["metrics"]["tta"] = measured["tta"]
+    clean = {
+        subset: measured["tta"]["results"][subset]["clean"]["none"] for subset in ("val", "test")
+    }
+    for row in card.get("backbones", []):  # the backbone table's row of this model
+        if row["backbone"].endswith("(shipped)"):
+            row["val_bin_accuracy"] = clean["val"]["bin_accuracy"]
+            row["int8_bin_accuracy"] = clean["test"]["bin_accuracy"]
     if write:
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         (model_dir / "MODEL_CARD.md").write_text(render_markdown(card))
