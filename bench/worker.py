@@ -5,7 +5,8 @@
 RUNTIME is one of:
 
 - ``int8``: the shipped int8 model through the daemon's own ``Classifier`` (ai-edge-litert,
-  preprocessing and (de)quantisation included: what the bin runs per item);
+  preprocessing and (de)quantisation included: what the bin runs per item); ``--tta flip``
+  as with ``model.tta: flip`` (the frame and its mirror image: two classifications);
 - ``float-tflite``: a float32 TFLite file (``--tflite PATH``) through ai-edge-litert;
 - ``keras-predict`` / ``keras-call``: the same architecture in float Keras (TensorFlow),
   ``model.predict(x)`` or ``model(x, training=False)`` per image: the usual way;
@@ -76,6 +77,7 @@ def load_int8(args, card):
     from bin_daemon.model.classifier import Classifier
 
     classifier = Classifier.load(args.model_dir, num_threads=args.threads)
+    classifier.tta = args.tta
     last = {}
 
     def classify(rgb):
@@ -83,7 +85,8 @@ def load_int8(args, card):
         last["preprocess_ms"] = prediction.preprocess_ms
         return classifier.labels.index(prediction.label)
 
-    return classify, {"runtime_lib": classifier.runtime, "input_size": classifier.input_size}, last
+    details = {"runtime_lib": classifier.runtime, "input_size": classifier.input_size}
+    return classify, {**details, "tta": args.tta}, last
 
 
 def load_float_tflite(args, card):
@@ -209,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tflite", type=Path, help="float-tflite: the model file")
     parser.add_argument(
         "--keras-weights", type=Path, help="default: classifier.weights.h5 in the card's work_dir"
+    )
+    parser.add_argument(
+        "--tta", choices=["none", "flip"], default="none", help="int8: model.tta (default none)"
     )
     parser.add_argument("--out", type=Path, help="convert-float: where to write")
     parser.add_argument("--mobilenet-v2-out", type=Path)

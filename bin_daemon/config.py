@@ -80,6 +80,11 @@ class ModelConfig(_Section):
         return [text.strip() for text in value]
 
     # --- end of model signatures ---
+    tta: Literal["none", "flip"] = Field(
+        "none",
+        description="Test-time augmentation: none, or flip (the frame and its mirror image, "
+        "probabilities averaged; two classifications per item)",
+    )
 
 
 class _SensorSection(_Section):

@@ -73,3 +73,35 @@ def test_report_keeps_other_sections(tmp_path):
     text = path.read_text()
     assert "second" in text and "first" not in text
     assert text.count(soak) == 1 and text.startswith("# Benchmarks")
+
+
+def test_int8_worker_runs_with_flip_tta():
+    command = [sys.executable, str(ROOT / "bench" / "worker.py"), "int8", "1", "--runs", "3"]
+    done = subprocess.run(
+        [*command, "--tta", "flip"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["runtime"] == "int8" and result["tta"] == "flip" and result["p50_ms"] > 0
+
+
+def test_tta_row_is_the_median_process_named_as_its_own_runtime(monkeypatch):
+    run = load_bench_module("run")
+    calls = []
+
+    def fake_worker(runtime, threads, *extra):
+        calls.append((runtime, threads, extra))
+        return {"runtime": runtime, "threads": threads, "p50_ms": [3.0, 1.0, 2.0][len(calls) - 1],
+                "p95_ms": 4.0}  # fmt: skip
+
+    monkeypatch.setattr(run, "worker", fake_worker)
+    row = run.tta_row(2, 3, ["--runs", "5"])
+    assert calls == [("int8", 2, ("--tta", "flip", "--runs", "5"))] * 3
+    assert row["runtime"] == "int8-tta" and row["runtime"] in run.RUNTIME_NAMES
+    assert row["p50_ms"] == 2.0 and row["p50_ms_each_process"] == [3.0, 1.0, 2.0]
+    assert row["processes"] == 3

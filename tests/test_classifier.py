@@ -196,3 +196,58 @@ def test_model_folder_may_be_a_symlink_like_the_store_current(tmp_path):
     assert classifier.model_path == folder.resolve() / "waste_classifier.tflite"
     shutil.rmtree(folder)  # loaded once: the interpreter no longer needs the file
     assert classifier.classify(np.zeros((32, 32, 3), np.uint8)).label in LABELS
+
+
+# --- test-time augmentation (model.tta) --------------------------------------------------
+
+
+def test_flip_tta_averages_the_frame_and_its_mirror_image(real, samples_dir):
+    image = load_image(image_files(samples_dir)[11])  # metal129: 0.88 plain, 0.82 mirrored
+    plain, mirrored = real.classify_once(image), real.classify_once(image[:, ::-1])
+    assert not np.array_equal(plain.scores, mirrored.scores)  # the mirror is another view
+    real.tta = "flip"
+    try:
+        both = real.classify(image)
+    finally:
+        real.tta = "none"
+    np.testing.assert_allclose(both.scores, (plain.scores + mirrored.scores) / 2)
+    assert both.label == real.labels[int(np.argmax(both.scores))]
+    assert both.confidence == pytest.approx(float(both.scores.max()))
+    assert [s for _, s in both.top] == sorted((s for _, s in both.top), reverse=True)
+    assert real.classify(image).scores.tolist() == plain.scores.tolist()  # back to one view
+
+
+def test_flip_tta_leaves_a_mirror_symmetric_frame_as_it_is(real, samples_dir):
+    half = load_image(image_files(samples_dir)[11])[:, :200]
+    symmetric = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    real.tta = "flip"
+    try:
+        both = real.classify(symmetric)
+    finally:
+        real.tta = "none"
+    assert both.scores.tolist() == real.classify_once(symmetric).scores.tolist()
+    assert not np.array_equal(  # an upside-down copy would not have kept the scores
+        real.classify_once(symmetric).scores, real.classify_once(symmetric[::-1]).scores
+    )
+
+
+def test_unknown_tta_mode_is_refused(tmp_path, samples_dir):
+    classifier = Classifier.load(make_model_dir(tmp_path, TINY))
+    classifier.tta = "rotate"
+    with pytest.raises(ValueError, match="tta must be one of"):
+        classifier.classify(load_image(image_files(samples_dir)[0]))
+
+
+def test_config_model_tta_reaches_the_loaded_classifier(tmp_path):
+    from bin_daemon.config import parse_config
+    from bin_daemon.loop.service import load_classifier
+
+    folder = make_model_dir(tmp_path, TINY)
+    text = (
+        f"model: {{dir: {folder}, tta: flip}}\n"
+        "sensor: {type: ir, gpio: 17}\n"
+        "bins: {landfill: {labels: [trash], servo_gpio: 18}}\n"
+        "fallback_bin: landfill\n"
+    )
+    assert load_classifier(parse_config(text)).tta == "flip"
+    assert load_classifier(parse_config(text.replace(", tta: flip", ""))).tta == "none"

@@ -154,3 +154,10 @@ def test_cli_check_config_ok_and_print_default(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out == DEFAULT_CONFIG_PATH.read_text()
     assert parse_config(out).fallback_bin == "landfill"
+
+
+def test_model_tta_is_none_or_flip(tmp_path):
+    assert load_config(None).model.tta == "none"
+    assert load_config(write(tmp_path, GOOD + "model:\n  tta: flip\n")).model.tta == "flip"
+    message = error_of(tmp_path, GOOD + "model:\n  tta: rotate\n")
+    assert message == "CONFIG:13: model.tta: Input should be 'none' or 'flip' (got 'rotate')"

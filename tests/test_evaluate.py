@@ -61,3 +61,72 @@ def test_not_a_dataset_is_one_clear_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--model", str(MODEL)]) != 0
     err = capsys.readouterr().err
     assert "no images found in label folders" in err and "Traceback" not in err
+
+
+def _json(capsys, *args: str) -> dict:
+    assert main(["evaluate", *args, "--model", str(MODEL), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bin_level_figures_under_the_default_policy(dataset, capsys):
+    result = _json(capsys, str(dataset))
+    bins = result["bin_level"]
+    assert bins["policy"]["fallback_bin"] == "landfill"
+    assert bins["policy"]["recycling_bins"] == ["recycling", "glass"]
+    assert bins["policy"]["unsure_threshold"] == 0.85  # the model card's
+    top1 = bins["top1"]
+    # a right label is always the right bin, so bin accuracy is at least label accuracy
+    assert top1["bin_accuracy"] >= result["accuracy"]
+    assert sum(map(sum, top1["confusion"])) == top1["n"] == 24
+    # 16 recycling, 4 glass, 4 landfill items (four per class) in the rows
+    assert [sum(row) for row in top1["confusion"]] == [16, 4, 4]
+    at = bins["at_threshold"]
+    assert at["n"] == 24 and 0 < at["covered"] <= 24
+    assert at["coverage"] == pytest.approx(at["covered"] / 24, abs=1e-4)
+    for name in ("recycling", "glass"):  # an unsure item never lands in a recycling bin
+        assert at["contamination"][name]["sent"] <= top1["contamination"][name]["sent"]
+
+
+def test_threshold_one_sends_everything_to_the_fallback_bin(dataset, capsys):
+    # uint8 probabilities top out at 255/256, so nothing reaches 1.0: every item is unsure
+    at = _json(capsys, str(dataset), "--unsure-threshold", "1.0")["bin_level"]["at_threshold"]
+    assert at["covered"] == 0 and at["accuracy_covered"] is None
+    assert at["bin_accuracy"] == pytest.approx(4 / 24, abs=1e-4)  # only trash was meant for it
+    assert at["recycling_contamination"] == {"sent": 0, "foreign": 0, "share": None}
+    zero = _json(capsys, str(dataset), "--unsure-threshold", "0")["bin_level"]
+    assert zero["at_threshold"]["confusion"] == zero["top1"]["confusion"]
+    assert zero["at_threshold"]["coverage"] == 1.0
+
+
+def test_the_configured_bins_are_the_policy(dataset, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "sensor: {type: ir, gpio: 17}\n"
+        "bins:\n"
+        "  recycling: {labels: [cardboard, paper, metal, plastic, glass], servo_gpio: 12}\n"
+        "  landfill: {labels: [trash], servo_gpio: 18}\n"
+        "fallback_bin: landfill\n"
+        "model: {unsure_threshold: 0.5}\n"
+    )
+    bins = _json(capsys, str(dataset), "--config", str(config))["bin_level"]
+    assert bins["policy"]["bins"] == {
+        "recycling": ["cardboard", "paper", "metal", "plastic", "glass"],
+        "landfill": ["trash"],
+    }
+    assert bins["policy"]["unsure_threshold"] == 0.5
+    assert [sum(row) for row in bins["top1"]["confusion"]] == [20, 4]
+
+
+def test_table_says_how_a_bin_counts_as_recycling_and_tta_is_chosen(dataset, capsys):
+    assert main(["evaluate", str(dataset), "--model", str(MODEL), "--tta", "flip"]) == 0
+    out = capsys.readouterr().out
+    assert "tta flip" in out.splitlines()[0]
+    assert "every bin except the fallback bin counts as a recycling bin (recycling, glass)" in out
+    assert "at the unsure threshold 0.85: coverage" in out
+    assert "contamination, all recycling" in out
+
+
+def test_a_threshold_out_of_range_is_one_clear_error(dataset, capsys):
+    assert main(["evaluate", str(dataset), "--model", str(MODEL), "--unsure-threshold", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "--unsure-threshold 2.0: expected 0 to 1" in err and "Traceback" not in err

@@ -136,6 +136,9 @@ def test_compare_rescores_runs_of_the_same_split_and_refuses_another(trained, tm
         trained_card["metrics"]["val_bin_camera_accuracy"], abs=1e-9
     )
     assert "| int8 val accuracy |" in (into / "MODEL_CARD.md").read_text()
+    # bin accuracy under the default bins: a right label is always the right bin
+    assert rows[0]["val_bin_accuracy"] >= rows[0]["val_int8_accuracy"]
+    assert "| bin accuracy val / test |" in (into / "MODEL_CARD.md").read_text()
     assert "best on validation" in capsys.readouterr().out
 
     lines = (other / "split.csv").read_text().splitlines()

@@ -111,34 +111,64 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score the model on a folder of class folders",
         description="Run every image of DATASET_DIR/<label>/ through the daemon's preprocessing "
-        "and the int8 model; print accuracy, macro-F1, per-class metrics and the confusion matrix.",
+        "and the int8 model; print accuracy, macro-F1, per-class metrics and the confusion matrix, "
+        "then the bin-level figures under the config's policy: bin accuracy, contamination of "
+        "each recycling bin (every bin but the fallback bin), and coverage and accuracy at the "
+        "unsure threshold.",
     )
     evaluate.add_argument("dataset", type=Path, metavar="DATASET_DIR")
     evaluate.add_argument(
         "--model", type=Path, metavar="DIR", help="model folder (default: configured)"
     )
-    evaluate.add_argument("--config", type=Path, metavar="PATH", help="config file (for the model)")
+    evaluate.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="config file: the model, its tta, and the bins, fallback bin and unsure threshold "
+        "the bin-level figures use (default: the bundled default config)",
+    )
+    evaluate.add_argument(
+        "--unsure-threshold",
+        type=float,
+        metavar="P",
+        help="score at this threshold instead of the config's (or the model card's)",
+    )
+    evaluate.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        help="test-time augmentation, as model.tta (default: the config's)",
+    )
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bin_daemon.config import load_config
+    from bin_daemon.loop.service import load_classifier, make_policy
     from bin_daemon.model.classifier import Classifier
     from bin_daemon.model.evaluate import evaluate, format_table
 
+    config = load_config(args.config)
     if args.model is not None:
         classifier = Classifier.load(args.model, num_threads=args.threads)
+        classifier.tta = config.model.tta
     else:
-        from bin_daemon.config import load_config
-        from bin_daemon.loop.service import load_classifier
-
-        classifier = load_classifier(load_config(args.config))
-    result = evaluate(classifier, args.dataset)
+        classifier = load_classifier(config)
+    if args.tta is not None:
+        classifier.tta = args.tta
+    if args.unsure_threshold is not None:
+        if not 0 <= args.unsure_threshold <= 1:
+            raise BinDaemonError(f"--unsure-threshold {args.unsure_threshold}: expected 0 to 1")
+        model = config.model.model_copy(update={"unsure_threshold": args.unsure_threshold})
+        config = config.model_copy(update={"model": model})
+    policy = make_policy(config, classifier)
+    result = evaluate(classifier, args.dataset, policy=policy)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=1))
+        print(json.dumps({**result.as_dict(), "tta": classifier.tta}, indent=1))
     else:
-        print(f"model {classifier.version} ({classifier.model_path})")
+        tta = "" if classifier.tta == "none" else f", tta {classifier.tta}"
+        print(f"model {classifier.version} ({classifier.model_path}{tta})")
         print(format_table(result))
     return 0
 

@@ -63,12 +63,14 @@ class RunOptions:
 
 def load_classifier(config: Config, *, reference_kernels: bool = False) -> Classifier:
     model_dir = config.model_dir() or shipped_models_dir()
-    return Classifier.load(
+    classifier = Classifier.load(
         model_dir,
         num_threads=config.model.num_threads,
         on_sha256_mismatch=config.model.on_sha256_mismatch,
         reference_kernels=reference_kernels,
     )
+    classifier.tta = config.model.tta  # model.tta: test-time augmentation
+    return classifier
 
 
 def make_policy(config: Config, classifier: Classifier) -> Policy:

@@ -10,6 +10,7 @@ training; the model's input is raw RGB pixels 0..255 (normalisation is inside th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -35,6 +36,7 @@ LABELS_FILE = "labels.txt"
 CARD_FILE = "model_card.json"
 TFLITE_MAGIC = b"TFL3"
 TOP_K = 3
+TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,19 @@ class Classifier:
 
     # -- inference -------------------------------------------------------------------------
 
+    tta: str = "none"
+    """Test-time augmentation (config ``model.tta``): "none", or "flip": the frame and its
+    mirror image each classified, probabilities averaged (two invokes per item)."""
+
     def classify(self, rgb: np.ndarray) -> Prediction:
+        """Label one RGB uint8 image of any size, with the test-time augmentation ``tta``."""
+        if self.tta == "none":
+            return self.classify_once(rgb)
+        if self.tta == "flip":
+            return _averaged(self.classify_once(rgb), self.classify_once(rgb[:, ::-1]), self.labels)
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
+
+    def classify_once(self, rgb: np.ndarray) -> Prediction:
         """Label one RGB uint8 image of any size (it is cropped and resized like in training)."""
         started = time.perf_counter()
         pixels = preprocess.to_model_input(rgb, self.input_size)
@@ -235,6 +249,21 @@ class Classifier:
             scores=scores,
             preprocess_ms=preprocess_ms,
         )
+
+
+def _averaged(plain: Prediction, flipped: Prediction, labels: list[str]) -> Prediction:
+    """``plain`` with the mean of both views' probabilities (and both views' preprocessing)."""
+    scores = (plain.scores + flipped.scores) / 2
+    order = np.argsort(-scores, kind="stable")
+    top = [(labels[i], float(scores[i])) for i in order[:TOP_K]]
+    return dataclasses.replace(
+        plain,
+        label=top[0][0],
+        confidence=top[0][1],
+        top=top,
+        scores=scores,
+        preprocess_ms=plain.preprocess_ms + flipped.preprocess_ms,
+    )
 
 
 _XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."

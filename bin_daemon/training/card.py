@@ -236,14 +236,17 @@ def render_markdown(card: dict) -> str:
     ]
     for name, acc in m["bin_camera"].items():
         lines.append(f"| {name} | {_pct(acc)} |")
+    lines += bin_level_lines(m) + tta_lines(m)  # written by training.card_metrics
     lines += [
         "",
         "## Backbones compared (same split, same test images)",
         "",
-        "Validation columns are the ones to choose by; test columns are for reporting.",
+        "Validation columns are the ones to choose by; test columns are for reporting. Bin "
+        "accuracy: each item to its top-1 label's bin under the default bins (scored by "
+        "`compare`; n/a for rows it scored before bin accuracy existed).",
         "",
-        "| backbone | int8 val accuracy | val bin-camera | int8 test accuracy | int8 macro-F1 | float accuracy | test bin-camera | size | latency p50 (2 threads) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backbone | int8 val accuracy | val bin-camera | int8 test accuracy | int8 macro-F1 | float accuracy | test bin-camera | bin accuracy val / test | size | latency p50 (2 threads) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in card["backbones"]:
         float_acc = _pct(b["float_accuracy"]) if b.get("float_accuracy") is not None else "n/a"
@@ -255,7 +258,7 @@ def render_markdown(card: dict) -> str:
         )
         lines.append(
             f"| {b['backbone']} | {val_acc} | {val_cam} | {_pct(b['int8_accuracy'])} | {b['int8_macro_f1']:.3f} | {float_acc} | "
-            f"{_pct(b['bin_camera_accuracy'])} | {b['size_bytes'] / 1e6:.2f} MB | {b['latency_ms_p50']:.1f} ms |"
+            f"{_pct(b['bin_camera_accuracy'])} | {_bin_accuracies(b)} | {b['size_bytes'] / 1e6:.2f} MB | {b['latency_ms_p50']:.1f} ms |"
         )
     notes = [b for b in card["backbones"] if b.get("note")]
     lines += [""] + [f"- {b['backbone']}: {b['note']}" for b in notes]
@@ -286,6 +289,147 @@ def render_markdown(card: dict) -> str:
         f"{100 / min(c['support'] for c in t['per_class'].values()):.1f} points per image.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _bin_accuracies(row: dict) -> str:
+    """A backbone row's top-1 bin accuracy, val / test (rows compare scored before it: n/a)."""
+    if row.get("val_bin_accuracy") is None:
+        return "n/a"
+    return f"{_pct(row['val_bin_accuracy'])} / {_pct(row['int8_bin_accuracy'])}"
+
+
+def _contamination(c: dict) -> str:
+    return "-" if c["share"] is None else f"{_pct(c['share'])} ({c['foreign']}/{c['sent']})"
+
+
+def _config_name(config: str) -> str:
+    return config if config.startswith("the ") else f"`{config}`"
+
+
+def bin_level_lines(m: dict) -> list[str]:
+    """The card's bin-level section (``metrics.bin_level``), when it has one."""
+    b = m.get("bin_level")
+    if not b:
+        return []
+    p = b["policy"]
+    fallback, threshold = p["fallback_bin"], p["unsure_threshold"]
+    bins = ", ".join(
+        f"`{name}` ({', '.join(labels) or 'no label'}"
+        + ("; the fallback bin)" if name == fallback else ")")
+        for name, labels in p["bins"].items()
+    )
+    views = [("clean", b["test"]), ("bin-camera", b["test_bin_camera"])]
+    header = "| | " + " | ".join(
+        f"{name}: by top-1 label | {name}: as the daemon decides" for name, _ in views
+    )
+    rows = [
+        ("bin accuracy", lambda r, k: _pct(r[k]["bin_accuracy"])),
+        (
+            "sorted (not unsure)",
+            lambda r, k: "100%" if k == "top1" else _pct(r[k]["coverage"]),
+        ),
+        (
+            "top-1 accuracy on sorted items",
+            lambda r, k: (
+                _pct(r["accuracy"])
+                if k == "top1"
+                else ("-" if r[k]["accuracy_covered"] is None else _pct(r[k]["accuracy_covered"]))
+            ),
+        ),
+        *(
+            (
+                f"contamination of `{name}`",
+                lambda r, k, name=name: _contamination(r[k]["contamination"][name]),
+            )
+            for name in p["recycling_bins"]
+        ),
+        (
+            "contamination, all recycling bins",
+            lambda r, k: _contamination(r[k]["recycling_contamination"]),
+        ),
+    ]
+    lines = [
+        "",
+        "### Bin level (int8, test split)",
+        f"Bins as configured in {_config_name(b['computed']['config'])}: {bins}. Every bin "
+        "except the "
+        "fallback bin counts as a recycling bin; its contamination is the share of the items "
+        "sent to it whose true label belongs in another bin. *By top-1 label*: each item goes to "
+        f"its label's bin whatever the confidence; *as the daemon decides*: items below the unsure "
+        f"threshold ({threshold:.2f}) go to `{fallback}`, so every unsure recyclable is a "
+        "wrong bin. Bin-camera: the same views as the table above.",
+        "",
+        header + " |",
+        "|---" * (1 + 2 * len(views)) + "|",
+    ]
+    for name, cell in rows:
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cell(r, k) for _, r in views for k in ("top1", "at_threshold"))
+            + " |"
+        )
+    same = "matches" if b["matches_card_test_confusion"] else "**differs from**"
+    lines += [
+        "",
+        f"Scored by the daemon's own path (`{b['computed']['command']}`, "
+        f"{b['computed']['date']}) on the model with sha256 `{b['model_sha256'][:12]}...`; its "
+        f"top-1 confusion matrix {same} the one above.",
+    ]
+    return lines
+
+
+def tta_lines(m: dict) -> list[str]:
+    """The card's test-time-augmentation section (``metrics.tta``), when it has one."""
+    t = m.get("tta")
+    if not t:
+        return []
+    threshold = (m.get("bin_level") or {}).get("policy", {}).get("unsure_threshold")
+    at = f" at {threshold:.2f}" if threshold is not None else " at the threshold"
+    lines = [
+        "",
+        "### Test-time augmentation (`model.tta: flip`)",
+        f"`flip`: {t['flip']}. Each cell: `none` -> `flip`, int8, scored like the section above; "
+        "the bin-camera views are the ones training chose and reported by.",
+        "",
+        f"| split, view | top-1 accuracy | macro-F1 | bin accuracy | sorted{at} | "
+        f"bin accuracy{at} (unsure -> fallback) | recycling contamination{at} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    deltas = []
+    for subset, views in t["results"].items():
+        for view, modes in views.items():
+            a, b = modes["none"], modes["flip"]
+            deltas.append(100 * (b["accuracy"] - a["accuracy"]))
+            lines.append(
+                f"| {subset}, {view.replace('_', '-')} | "
+                + " | ".join(
+                    f"{_pct(a[k])} -> {_pct(b[k])}"
+                    if k != "macro_f1"
+                    else f"{a[k]:.3f} -> {b[k]:.3f}"
+                    for k in (
+                        "accuracy",
+                        "macro_f1",
+                        "bin_accuracy",
+                        "coverage",
+                        "bin_accuracy_at_threshold",
+                    )
+                )
+                + f" | {_contamination(a['recycling_contamination_at_threshold'])} -> "
+                f"{_contamination(b['recycling_contamination_at_threshold'])} |"
+            )
+    lat = t["latency_ms"]
+    n = next(iter(next(iter(t["results"].values())).values()))["none"]["n"]
+    lines += [
+        "",
+        f"Top-1 accuracy changes by {', '.join(f'{d:+.1f}' for d in deltas)} points (rows in "
+        f"order; one image is {100 / n:.2f} points); averaging two views lowers the confidence, "
+        f"so fewer items are sorted at the same threshold. Cost: `classify` p50 "
+        f"{lat['none_p50']:.1f} ms -> {lat['flip_p50']:.1f} ms "
+        f"(x{lat['flip_p50'] / lat['none_p50']:.2f}; {lat['threads']} threads, "
+        f"{lat['runs']} runs each, interleaved, on the machine that wrote the card, load average "
+        f"{lat['loadavg_1m']}; `make bench` has the int8 + flip row). The default is `none`.",
+    ]
+    return lines
 
 
 def tunes_all_layers(settings: dict, card: dict) -> bool:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bin_daemon.config import load_config
 from bin_daemon.errors import BinDaemonError
+from bin_daemon.loop.service import make_policy
 from bin_daemon.model.classifier import Classifier
 from bin_daemon.model.evaluate import evaluate_items
 from bin_daemon.model.preprocess import load_image
@@ -68,8 +70,15 @@ def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) 
         )
     card = json.loads((model_dir / "model_card.json").read_text())
     classifier = Classifier.load(model_dir, num_threads=2)
-    val = evaluate_items(classifier, _subset(data, split, "val"), f"{data} (val)").report
-    test = evaluate_items(classifier, _subset(data, split, "test"), f"{data} (test)").report
+    policy = make_policy(load_config(None), classifier)  # the default bins, the card's threshold
+    val_run = evaluate_items(
+        classifier, _subset(data, split, "val"), f"{data} (val)", policy=policy
+    )
+    test_run = evaluate_items(
+        classifier, _subset(data, split, "test"), f"{data} (test)", policy=policy
+    )
+    val, test = val_run.report, test_run.report
+    assert val_run.bins is not None and test_run.bins is not None
     settings = card["training"]["settings"]
     val_bin_camera = bin_camera_accuracy(
         classifier,
@@ -89,6 +98,8 @@ def row_for(model_dir: Path, data: Path, split: list[Sample], *, shipped: bool) 
         "int8_accuracy": test.accuracy,
         "int8_macro_f1": test.macro_f1,
         "int8_min_recall": test.min_recall,
+        "val_bin_accuracy": val_run.bins.top1.accuracy,
+        "int8_bin_accuracy": test_run.bins.top1.accuracy,
         "float_accuracy": metrics["test_float"]["accuracy"],
         "bin_camera_accuracy": metrics["bin_camera"]["bin_camera"],
         "size_bytes": card["size_bytes"],
@@ -130,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{row['backbone']}: val {row['val_int8_accuracy']:.1%} "
             f"(bin-camera {row['val_bin_camera_accuracy']:.1%}), test {row['int8_accuracy']:.1%}, "
-            f"macro-F1 {row['int8_macro_f1']:.3f}, {row['size_bytes'] / 1e6:.2f} MB"
+            f"macro-F1 {row['int8_macro_f1']:.3f}, bin accuracy val {row['val_bin_accuracy']:.1%} "
+            f"test {row['int8_bin_accuracy']:.1%}, {row['size_bytes'] / 1e6:.2f} MB"
         )
     print(
         f"best on validation (mean of clean and bin-camera, {selection_score(best):.1%}): "
