@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fake hardware: really wait the hold and cool-down times (default: simulated)",
     )
+    run.add_argument(  # issue 16: fill levels
+        "--fill-levels",
+        type=Path,
+        metavar="FILE",
+        help='fake hardware: fill sensors read the levels in FILE (JSON, e.g. {"glass": 95}), '
+        "re-read when it changes; default: empty bins",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file (and the model's labels)")
@@ -167,8 +174,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.hardware == "fake" and args.images is None:
         raise UsageError("run --hardware fake needs --images DIR")
-    if args.hardware == "pi" and (args.images is not None or args.realtime):
-        raise UsageError("--images and --realtime go with --hardware fake")
+    if args.hardware == "pi" and (
+        args.images is not None or args.realtime or args.fill_levels is not None
+    ):
+        raise UsageError("--images, --realtime and --fill-levels go with --hardware fake")
     options = RunOptions(
         config_path=args.config,
         hardware=args.hardware,
@@ -176,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         events_path=args.events,
         realtime=args.realtime,
+        fill_levels=args.fill_levels,
     )
     return run(options)
 

@@ -7,16 +7,20 @@ Every device is built with an explicit ``pin_factory`` (None = gpiozero's defaul
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from gpiozero import AngularServo, DigitalInputDevice, DistanceSensor
 from gpiozero.exc import GPIOZeroError, PWMSoftwareFallback
-from gpiozero.pins.mock import MockFactory, MockPWMPin, MockTriggerPin
+from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin, MockTriggerPin
 
 from bin_daemon.errors import HardwareError
+from bin_daemon.hardware.ports import RangeSample
 
 PI_PIN_FACTORIES = (
     ("gpiozero.pins.lgpio", "LGPIOFactory"),  # Raspberry Pi OS Bookworm's default (Pi 4 and 5)
@@ -230,6 +234,8 @@ class UltrasonicSensor:
         self.trigger_distance_m = trigger_distance_m
         self.echo_timeout_s = echo_timeout_s
         self.last_echo = time.monotonic()  # the start counts as an echo: a grace period
+        self.readings = 0
+        self._reading = threading.Condition()
         read = getattr(self._device, "_read", None)
         if callable(read):  # gpiozero's sampling thread calls _read; note each echo it gets
 
@@ -237,6 +243,9 @@ class UltrasonicSensor:
                 value = read()
                 if value is not None:
                     self.last_echo = time.monotonic()
+                    with self._reading:
+                        self.readings += 1
+                        self._reading.notify_all()
                 return value
 
             self._device._read = noting_read
@@ -262,6 +271,12 @@ class UltrasonicSensor:
     def is_active(self) -> bool:
         return self.distance_m < self.trigger_distance_m
 
+    def wait_readings(self, count: int, timeout_s: float) -> bool:
+        """Wait (real time) until ``count`` more readings have come; False on timeout."""
+        with self._reading:
+            target = self.readings + count
+            return self._reading.wait_for(lambda: self.readings >= target, timeout_s)
+
     def describe(self) -> str:
         distance = self.distance_m
         state = "active (item present)" if distance < self.trigger_distance_m else "inactive"
@@ -285,3 +300,147 @@ def mock_ultrasonic_pins(
         echo_pin=factory.pin(echo_gpio),
         echo_time=echo_time_s,
     )
+
+
+# --- fill-level sensors (issue 16) ---------------------------------------------------------
+
+SPEED_OF_SOUND_M_S = 343.26
+"""What gpiozero's DistanceSensor assumes (dry air at 20 degrees C)."""
+
+
+class FillRanger:
+    """An HC-SR04 looking down into a bin: one reading at a time, never blocking the caller.
+
+    gpiozero's ``DistanceSensor`` pings in its own thread (about every 65 ms; a class-wide
+    lock keeps two sensors of this process from pinging at once). With ``queue_len=1`` its
+    ``distance`` is the latest reading; this adapter numbers the readings (it notes each
+    echo gpiozero's thread gets), so a caller takes each reading once: :meth:`sample` is
+    the newest reading not yet taken, or None, at once; :meth:`wait_sample` waits for one.
+    No echo for ``echo_timeout_s`` is a :class:`HardwareError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        trigger_gpio: int,
+        echo_gpio: int,
+        max_distance_m: float = 4.0,
+        echo_timeout_s: float = 1.0,
+        name: str = "fill sensor",
+        pin_factory: Any = None,
+    ) -> None:
+        _check_positive("max_distance_m", max_distance_m)
+        _check_positive("echo_timeout_s", echo_timeout_s)
+        self.name = name
+        self.echo_timeout_s = echo_timeout_s
+        self._seq = 0
+        self._taken = 0
+        self._changed = threading.Condition()
+        self._opened = time.monotonic()
+        self._last_echo: float | None = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PWMSoftwareFallback)
+                self._device = DistanceSensor(
+                    echo=echo_gpio,
+                    trigger=trigger_gpio,
+                    max_distance=max_distance_m,
+                    queue_len=1,
+                    pin_factory=pin_factory,
+                )
+        except (GPIOZeroError, OSError) as error:
+            raise HardwareError(
+                f"{name}: cannot set up HC-SR04 trigger GPIO{trigger_gpio} / echo "
+                f"GPIO{echo_gpio}: {error}"
+            ) from error
+        read = self._device._read  # called by gpiozero's sampling thread
+
+        def numbered_read() -> Any:
+            value = read()
+            if value is not None:
+                with self._changed:
+                    self._seq += 1
+                    self._last_echo = time.monotonic()
+                    self._latest = float(value) * max_distance_m
+                    self._changed.notify_all()
+            return value
+
+        self._latest = 0.0
+        self._device._read = numbered_read
+
+    @property
+    def seq(self) -> int:
+        """How many readings have come since the sensor was opened."""
+        with self._changed:
+            return self._seq
+
+    def _check_echo(self) -> None:
+        silent_s = time.monotonic() - (self._last_echo or self._opened)
+        if silent_s > self.echo_timeout_s:
+            raise HardwareError(
+                f"{self.name}: HC-SR04 no echo for {silent_s:.1f} s (check the echo wire, its "
+                "voltage divider and the 5 V supply)"
+            )
+
+    def sample(self) -> RangeSample | None:
+        """The newest reading not taken yet, or None. Never waits."""
+        with self._changed:
+            if self._seq > self._taken:
+                self._taken = self._seq
+                return RangeSample(self._seq, self._latest)
+        self._check_echo()
+        return None
+
+    def wait_sample(self, timeout_s: float | None = None) -> RangeSample:
+        """Wait (real time, at most ``timeout_s``, default the echo timeout) for a new reading."""
+        timeout_s = self.echo_timeout_s if timeout_s is None else timeout_s
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._seq > self._taken, timeout_s):
+                raise HardwareError(
+                    f"{self.name}: HC-SR04 no echo within {timeout_s:g} s (check the echo "
+                    "wire, its voltage divider and the 5 V supply)"
+                )
+            self._taken = self._seq
+            return RangeSample(self._seq, self._latest)
+
+    def close(self) -> None:
+        self._device.close()
+
+
+def echo_time_s(distance_m: float) -> float:
+    """How long an HC-SR04's echo pulse lasts for an object ``distance_m`` away."""
+    return 2 * distance_m / SPEED_OF_SOUND_M_S
+
+
+@contextlib.contextmanager
+def plain_mock_pins(factory: Any) -> Iterator[None]:
+    """While building HC-SR04s on a mock factory whose default pins are PWM pins.
+
+    A MockFactory refuses to hand a plain (trigger or echo) pin to a device asking for its
+    default pin class when that is ``MockPWMPin``; servos need PWM, HC-SR04s plain pins.
+    """
+    if not isinstance(factory, MockFactory):
+        yield
+        return
+    saved = factory.pin_class
+    factory.pin_class = MockPin
+    try:
+        yield
+    finally:
+        factory.pin_class = saved
+
+
+def mock_hcsr04_pins(
+    factory: MockFactory, *, trigger_gpio: int, echo_gpio: int, distance_m: float
+) -> MockTriggerPin:
+    """Mock pins answering each ping like an HC-SR04 facing something ``distance_m`` away.
+
+    Set the returned pin's ``echo_time`` (:func:`echo_time_s`) to move the object.
+    """
+    with plain_mock_pins(factory):
+        return factory.pin(
+            trigger_gpio,
+            pin_class=MockTriggerPin,
+            echo_pin=factory.pin(echo_gpio),
+            echo_time=echo_time_s(distance_m),
+        )
