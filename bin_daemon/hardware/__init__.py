@@ -1,4 +1,9 @@
-"""The hardware behind the sorter: ``build_hardware(config, kind)`` for "pi" or "fake"."""
+"""The hardware behind the sorter: ``build_hardware(config, kind)`` for "pi" or "fake".
+
+``ports.py`` the interfaces; ``gpio.py`` gpiozero (the only import of it): lids, the item
+sensor, fill-level sensors; ``picamera.py`` the camera; ``fill.py`` the bins' fill levels
+(readings -> percent -> ok / warn / full); ``fakes.py`` the fakes; ``clock.py`` real time.
+"""
 
 from __future__ import annotations
 

@@ -292,10 +292,11 @@ class FillMonitor:
                 "bin '%s' is %.0f%% full (warning at %g%%): empty it soon",
                 name, percent, s.warn_percent,
             )  # fmt: skip
-        elif before == "full":
-            log.warning("bin '%s' is no longer full (%.0f%%): items go to it again", name, percent)
-        else:
-            log.info("bin '%s' emptied (%.0f%%)", name, percent)
+        elif after == "ok":
+            again = ": items go to it again" if before == "full" else ""
+            log.info("bin '%s' emptied (%.0f%%)%s", name, percent, again)
+        else:  # full -> warn
+            log.info("bin '%s' is no longer full (%.0f%%): items go to it again", name, percent)
         self._changed()
 
     def _sensor_failed(self, name: str, b: _Bin, text: str, now: float) -> None:

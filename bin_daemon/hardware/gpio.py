@@ -17,7 +17,7 @@ from typing import Any
 
 from gpiozero import AngularServo, DigitalInputDevice, DistanceSensor
 from gpiozero.exc import GPIOZeroError, PWMSoftwareFallback
-from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin, MockTriggerPin
+from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin, MockTriggerPin, PinState
 
 from bin_daemon.errors import HardwareError
 from bin_daemon.hardware.ports import RangeSample
@@ -430,6 +430,43 @@ def plain_mock_pins(factory: Any) -> Iterator[None]:
         factory.pin_class = saved
 
 
+class _StampedEchoPin(MockPin):
+    """A mock echo pin whose next edge can carry a given time instead of "now"."""
+
+    stamp: float | None = None
+
+    def _change_state(self, value: bool) -> bool:
+        if self._state == value:
+            return False
+        t = self.stamp if self.stamp is not None else time.monotonic()
+        self.stamp = None
+        self._state = value
+        self.states.append(PinState(t - self._last_change, value))
+        self._last_change = t
+        return True
+
+
+class SteadyTriggerPin(MockTriggerPin):
+    """gpiozero's MockTriggerPin, its echo pulse stamped exactly ``echo_time`` long.
+
+    The stock one sleeps ``echo_time`` and stamps the falling edge when its thread wakes:
+    on a loaded machine (two cores, six test runs) that read 1.6 m for 0.8 m. Here the
+    thread still sleeps (readings come at the pace a real sensor's would), but the falling
+    edge is stamped at rise + ``echo_time``, so the distance does not depend on the load.
+    """
+
+    def _echo(self) -> None:
+        time.sleep(0.001)
+        echo = self.echo_pin
+        duration = self.echo_time
+        echo.drive_high()
+        rise = echo._last_change
+        time.sleep(duration)
+        if isinstance(echo, _StampedEchoPin):
+            echo.stamp = rise + duration
+        echo.drive_low()
+
+
 def mock_hcsr04_pins(
     factory: MockFactory, *, trigger_gpio: int, echo_gpio: int, distance_m: float
 ) -> MockTriggerPin:
@@ -440,7 +477,7 @@ def mock_hcsr04_pins(
     with plain_mock_pins(factory):
         return factory.pin(
             trigger_gpio,
-            pin_class=MockTriggerPin,
-            echo_pin=factory.pin(echo_gpio),
+            pin_class=SteadyTriggerPin,
+            echo_pin=factory.pin(echo_gpio, pin_class=_StampedEchoPin),
             echo_time=echo_time_s(distance_m),
         )
