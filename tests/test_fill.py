@@ -120,6 +120,7 @@ def test_a_measurement_is_one_reading_per_tick_and_then_waits_its_interval(fake_
     for _ in range(SETTINGS.readings):
         m.tick()
     assert m.levels()["glass"] == pytest.approx(50.0) and sensor.seq == 10
+    assert sensor.rests == 2 and not sensor.awake  # no pinging between measurements
 
 
 def test_disagreeing_readings_are_dropped_and_measured_again_sooner(fake_clock, caplog):
@@ -170,6 +171,7 @@ def test_no_reading_between_an_item_and_the_settle_time_nor_with_the_lid_open(fa
     m.tick()
     m.tick()
     m.interrupt()  # an item was sorted: the two readings so far are dropped
+    assert not sensor.awake
     m.tick()
     assert sensor.seq == 2  # quiet for settle_s
     fake_clock.advance(m.settle_s)

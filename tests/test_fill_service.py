@@ -121,3 +121,44 @@ def test_fill_levels_go_with_fake_hardware_only(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "bin-daemon: error: --images, --realtime and --fill-levels go with --hardware fake\n"
     )
+
+
+class _ScriptedSorter:
+    """What the loop sees of a sorter: each poll returns the next of ``script`` ("item" =
+    one item sorted), and notes what the fill sensor had read by then."""
+
+    def __init__(self, script, sensor, service):
+        from bin_daemon.loop.sorter import Counts
+
+        self.script, self.sensor, self.service = list(script), sensor, service
+        self.counts = Counts()
+        self.seen: list[int] = []
+
+    def poll(self):
+        self.seen.append(self.sensor.seq)
+        if not self.script:
+            self.service.stop.set()
+            return None
+        return object() if self.script.pop(0) == "item" else None
+
+
+def test_the_loop_reads_fill_levels_between_items_only_and_never_waits(fake_clock):
+    from bin_daemon.hardware.fakes import ScriptedFillSensor
+    from bin_daemon.hardware.fill import FillMonitor, FillSettings
+
+    settings = FillSettings(empty_distance_m=0.8, full_distance_m=0.1, readings=3)
+    sensor = ScriptedFillSensor(distance_m=settings.distance_m(95))
+    service = Service(RunOptions(hardware="fake"), clock=fake_clock, notifier=RecordingNotifier(),
+                      stdout=io.StringIO())  # fmt: skip
+    service.fill = FillMonitor(["glass"], {"glass": sensor}, {"glass": settings},
+                               clock=fake_clock, settle_s=1.0)  # fmt: skip
+    sorter = _ScriptedSorter([None, None, "item"] + [None] * 60, sensor, service)
+    service.sorter = sorter
+    service._loop(poll_interval_s=0.02)
+    seen = sorter.seen
+    assert seen[:4] == [0, 1, 2, 2]  # one reading per idle poll, none while sorting the item
+    quiet = [n for n in seen[3:] if n == 2]
+    assert len(quiet) >= 1.0 / 0.02 - 1  # a second of polls (the lid, the waste) unread
+    assert seen[3 + len(quiet) :][:3] == [3, 4, 5]  # then a fresh measurement: the 2 dropped
+    assert service.fill.levels()["glass"] == 95.0 and service.fill.full_bins() == {"glass"}
+    assert sensor.rests == 2  # resting after the item and after the measurement

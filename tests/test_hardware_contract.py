@@ -309,6 +309,11 @@ def test_fill_sensor_contract(fill_sensor):
     assert later is None or later.seq > moved.seq
     again = sensor.sample()
     assert again is None or again.seq > (later or moved).seq
+    sensor.rest()  # no readings wanted for a while; the next read starts again
+    sensor.rest()  # twice is harmless
+    woke = sensor.wait_sample()
+    assert woke.seq > (again or later or moved).seq
+    assert woke.distance_m == pytest.approx(0.3, abs=MOCK_M)
 
 
 def test_the_fake_fill_level_is_set_by_percent_or_by_a_file(pin_factory, tmp_path):
@@ -327,6 +332,21 @@ def test_the_fake_fill_level_is_set_by_percent_or_by_a_file(pin_factory, tmp_pat
     levels.write_text('{"glass": "lots"}')  # a bad file: one warning, the level stays
     assert FILL.percent(fake.wait_sample().distance_m) == pytest.approx(95, abs=0.5)
     fake.close()
+
+
+def test_a_resting_ranger_does_not_ping_and_hands_out_no_reading_from_before(pin_factory):
+    mock_hcsr04_pins(pin_factory, trigger_gpio=5, echo_gpio=6, distance_m=0.5)
+    with plain_mock_pins(pin_factory):
+        ranger = FillRanger(trigger_gpio=5, echo_gpio=6, pin_factory=pin_factory)
+    assert ranger.awake  # open after construction: the pins are checked at start
+    first = ranger.wait_sample()
+    ranger.rest()
+    assert not ranger.awake
+    seq = ranger.seq
+    assert ranger.sample() is None  # woken by the read: nothing new yet, nothing old
+    assert ranger.awake and ranger.wait_sample().seq > seq >= first.seq
+    ranger.close()
+    assert not ranger.awake
 
 
 def test_a_fill_sensor_without_echo_is_a_hardware_error_not_a_hang(pin_factory):

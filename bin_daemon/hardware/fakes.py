@@ -385,6 +385,9 @@ class FakeFillSensor:
             if sample.seq > self._fresh_after:
                 return sample
 
+    def rest(self) -> None:
+        self._ranger.rest()
+
     def close(self) -> None:
         self._ranger.close()
 
@@ -400,8 +403,11 @@ class ScriptedFillSensor:
         self.error: str | None = None
         self.silent = False
         self.seq = 0
+        self.awake = True
+        self.rests = 0
 
     def sample(self) -> RangeSample | None:
+        self.awake = True
         if self.error is not None:
             raise HardwareError(self.error)
         if self.silent:
@@ -416,5 +422,10 @@ class ScriptedFillSensor:
             raise HardwareError(f"{self.name}: no echo within {timeout_s or 1.0:g} s")
         return sample
 
+    def rest(self) -> None:
+        if self.awake:
+            self.rests += 1
+        self.awake = False
+
     def close(self) -> None:
-        pass
+        self.awake = False

@@ -16,6 +16,9 @@ When readings are taken, and why so:
   there. A measurement of ``readings`` readings therefore spans several polls (about
   65 ms per reading). The one blocking measurement is :meth:`measure_now`, at start,
   before READY (no item is sorted yet), bounded by each sensor's echo timeout.
+* Pinging only while measuring: a sensor is told to ``rest()`` when its measurement ends,
+  fails or is dropped (its next read wakes it), so the bins' HC-SR04s do not take turns
+  with the item sensor's all the time (see ``gpio.FillRanger``).
 
 A measurement is the median of ``readings`` consecutive readings, and is accepted only if
 each reading is within ``agreement_m`` of the one before (a hand, a swinging bag or a stray
@@ -206,8 +209,9 @@ class FillMonitor:
     def interrupt(self) -> None:
         """An item was just sorted: readings gathered so far are dropped; quiet for a while."""
         self._quiet_until = self.clock.monotonic() + self.settle_s
-        for b in self._bins.values():
+        for name, b in self._bins.items():
             b.readings.clear()
+            self._rest(name, b)
 
     def tick(self) -> None:
         """Take at most one reading per due bin, never waiting. Call between items only."""
@@ -219,11 +223,12 @@ class FillMonitor:
                 continue
             if not self._lid_closed(name):
                 b.readings.clear()
+                self._rest(name, b)
                 continue
             try:
                 sample = b.sensor.sample()
-            except BinDaemonError as error:
-                self._sensor_failed(name, b, str(error), now)
+            except Exception as error:  # a fill sensor must never stop the sorting
+                self._sensor_failed(name, b, _text(error), now)
                 continue
             if sample is None:
                 continue
@@ -238,15 +243,27 @@ class FillMonitor:
             try:
                 for _ in range(b.settings.readings):
                     b.readings.append(b.sensor.wait_sample(timeout_s).distance_m)
-            except BinDaemonError as error:
-                self._sensor_failed(name, b, str(error), self.clock.monotonic())
+            except Exception as error:  # a fill sensor must never stop the sorting
+                self._sensor_failed(name, b, _text(error), self.clock.monotonic())
                 continue
             self._finish(name, b, self.clock.monotonic())
 
+    def close(self) -> None:
+        """Stop every sensor's pinging (the service closes the sensors with the hardware)."""
+        for name, b in self._bins.items():
+            self._rest(name, b)
+
     # -- inside -----------------------------------------------------------------------------
+
+    def _rest(self, name: str, b: _Bin) -> None:
+        try:
+            b.sensor.rest()
+        except Exception as error:  # a sensor that will not stop must not stop the bin
+            log.warning("fill sensor '%s': cannot stop it: %s", name, error)
 
     def _finish(self, name: str, b: _Bin, now: float) -> None:
         readings, b.readings = b.readings, []
+        self._rest(name, b)
         if b.fault is not None:
             log.warning("fill sensor '%s': readings are back", name)
             with self._lock:
@@ -301,6 +318,7 @@ class FillMonitor:
 
     def _sensor_failed(self, name: str, b: _Bin, text: str, now: float) -> None:
         b.readings.clear()
+        self._rest(name, b)
         b.due = now + min(b.settings.interval_s, RETRY_S)
         text = text if text.startswith("fill") else f"fill sensor '{name}': {text}"
         with self._lock:
@@ -315,6 +333,10 @@ class FillMonitor:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def _text(error: Exception) -> str:
+    return str(error) if isinstance(error, BinDaemonError) else f"{type(error).__name__}: {error}"
 
 
 def build_fill_monitor(

@@ -283,7 +283,7 @@ class UltrasonicSensor:
         return f"distance {distance:.3f} m, {state}"
 
     def close(self) -> None:
-        self._device.close()
+        _close_distance_sensor(self._device)
 
 
 def mock_ultrasonic_pins(
@@ -309,14 +309,20 @@ SPEED_OF_SOUND_M_S = 343.26
 
 
 class FillRanger:
-    """An HC-SR04 looking down into a bin: one reading at a time, never blocking the caller.
+    """An HC-SR04 looking down into a bin: readings on demand, never blocking the caller.
 
-    gpiozero's ``DistanceSensor`` pings in its own thread (about every 65 ms; a class-wide
-    lock keeps two sensors of this process from pinging at once). With ``queue_len=1`` its
-    ``distance`` is the latest reading; this adapter numbers the readings (it notes each
-    echo gpiozero's thread gets), so a caller takes each reading once: :meth:`sample` is
-    the newest reading not yet taken, or None, at once; :meth:`wait_sample` waits for one.
-    No echo for ``echo_timeout_s`` is a :class:`HardwareError`.
+    gpiozero's ``DistanceSensor`` pings in its own thread (about every 65 ms) from when it
+    is opened until it is closed. A fill level is needed about once a minute, so this
+    adapter keeps it open only while readings are wanted: a read opens it (it is open after
+    construction too, which checks the pins), :meth:`rest` closes it. That matters: pings
+    of all HC-SR04s of the process take turns (gpiozero's class-wide lock), and one without
+    echo holds that lock 100 ms per ping, which on mock pins slowed the item sensor's
+    readings from 15 to 5.5 per second when it pinged all the time.
+
+    Readings are numbered (this adapter notes each echo gpiozero's thread gets, with
+    ``queue_len=1`` so ``distance`` is the latest) so a caller takes each one once:
+    :meth:`sample` is the newest reading not yet taken, or None, at once; :meth:`wait_sample`
+    waits for one. No echo for ``echo_timeout_s`` is a :class:`HardwareError`.
     """
 
     def __init__(
@@ -333,27 +339,38 @@ class FillRanger:
         _check_positive("echo_timeout_s", echo_timeout_s)
         self.name = name
         self.echo_timeout_s = echo_timeout_s
+        self._pins = (trigger_gpio, echo_gpio)
+        self._max_distance_m = max_distance_m
+        self._pin_factory = pin_factory
         self._seq = 0
         self._taken = 0
+        self._latest = 0.0
         self._changed = threading.Condition()
-        self._opened = time.monotonic()
+        self._woke = 0.0
         self._last_echo: float | None = None
+        self._device: Any = None
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._device is not None:
+            return
+        trigger_gpio, echo_gpio = self._pins
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), plain_mock_pins(self._pin_factory):
                 warnings.simplefilter("ignore", PWMSoftwareFallback)
-                self._device = DistanceSensor(
+                device = DistanceSensor(
                     echo=echo_gpio,
                     trigger=trigger_gpio,
-                    max_distance=max_distance_m,
+                    max_distance=self._max_distance_m,
                     queue_len=1,
-                    pin_factory=pin_factory,
+                    pin_factory=self._pin_factory,
                 )
         except (GPIOZeroError, OSError) as error:
             raise HardwareError(
-                f"{name}: cannot set up HC-SR04 trigger GPIO{trigger_gpio} / echo "
+                f"{self.name}: cannot set up HC-SR04 trigger GPIO{trigger_gpio} / echo "
                 f"GPIO{echo_gpio}: {error}"
             ) from error
-        read = self._device._read  # called by gpiozero's sampling thread
+        read = device._read  # called by gpiozero's sampling thread
 
         def numbered_read() -> Any:
             value = read()
@@ -361,38 +378,46 @@ class FillRanger:
                 with self._changed:
                     self._seq += 1
                     self._last_echo = time.monotonic()
-                    self._latest = float(value) * max_distance_m
+                    self._latest = float(value) * self._max_distance_m
                     self._changed.notify_all()
             return value
 
-        self._latest = 0.0
-        self._device._read = numbered_read
+        device._read = numbered_read
+        with self._changed:
+            self._taken = self._seq  # readings from before a rest are not handed out
+            self._woke = time.monotonic()
+            self._last_echo = None
+        self._device = device
+
+    @property
+    def awake(self) -> bool:
+        """True while gpiozero pings (after construction or a read, until :meth:`rest`)."""
+        return self._device is not None
 
     @property
     def seq(self) -> int:
-        """How many readings have come since the sensor was opened."""
+        """How many readings have come since the sensor was built."""
         with self._changed:
             return self._seq
 
-    def _check_echo(self) -> None:
-        silent_s = time.monotonic() - (self._last_echo or self._opened)
+    def sample(self) -> RangeSample | None:
+        """The newest reading not taken yet, or None. Never waits (it may open the sensor)."""
+        self._wake()
+        with self._changed:
+            if self._seq > self._taken:
+                self._taken = self._seq
+                return RangeSample(self._seq, self._latest)
+            silent_s = time.monotonic() - (self._last_echo or self._woke)
         if silent_s > self.echo_timeout_s:
             raise HardwareError(
                 f"{self.name}: HC-SR04 no echo for {silent_s:.1f} s (check the echo wire, its "
                 "voltage divider and the 5 V supply)"
             )
-
-    def sample(self) -> RangeSample | None:
-        """The newest reading not taken yet, or None. Never waits."""
-        with self._changed:
-            if self._seq > self._taken:
-                self._taken = self._seq
-                return RangeSample(self._seq, self._latest)
-        self._check_echo()
         return None
 
     def wait_sample(self, timeout_s: float | None = None) -> RangeSample:
         """Wait (real time, at most ``timeout_s``, default the echo timeout) for a new reading."""
+        self._wake()
         timeout_s = self.echo_timeout_s if timeout_s is None else timeout_s
         with self._changed:
             if not self._changed.wait_for(lambda: self._seq > self._taken, timeout_s):
@@ -403,8 +428,23 @@ class FillRanger:
             self._taken = self._seq
             return RangeSample(self._seq, self._latest)
 
+    def rest(self) -> None:
+        """Stop pinging until the next read (at most one ping's wait: <= 0.1 s)."""
+        device, self._device = self._device, None
+        if device is not None:
+            _close_distance_sensor(device)
+
     def close(self) -> None:
-        self._device.close()
+        self.rest()
+
+
+def _close_distance_sensor(device: Any) -> None:
+    """Stop gpiozero's sampling thread, then close. ``DistanceSensor.close`` drops the
+    trigger pin before it stops the thread, so a ping in flight dies with AttributeError."""
+    queue = getattr(device, "_queue", None)
+    if queue is not None:
+        queue.stop()
+    device.close()
 
 
 def echo_time_s(distance_m: float) -> float:
@@ -447,24 +487,28 @@ class _StampedEchoPin(MockPin):
 
 
 class SteadyTriggerPin(MockTriggerPin):
-    """gpiozero's MockTriggerPin, its echo pulse stamped exactly ``echo_time`` long.
+    """gpiozero's MockTriggerPin, answering each ping with an echo exactly ``echo_time`` long.
 
-    The stock one sleeps ``echo_time`` and stamps the falling edge when its thread wakes:
-    on a loaded machine (two cores, six test runs) that read 1.6 m for 0.8 m. Here the
-    thread still sleeps (readings come at the pace a real sensor's would), but the falling
-    edge is stamped at rise + ``echo_time``, so the distance does not depend on the load.
+    The stock one starts a thread per ping that sleeps ``echo_time`` and stamps the edges
+    when it wakes: on a loaded machine (two cores, six test runs) that read 1.6 m for
+    0.8 m, and pings went unanswered past gpiozero's 100 ms. Here, as a real HC-SR04 does
+    after the trigger pulse ends, the echo pin rises and falls at once, its edges stamped
+    ``echo_time`` apart, so readings do not depend on the load (gpiozero's 60 ms between
+    pings still paces them).
     """
 
-    def _echo(self) -> None:
-        time.sleep(0.001)
+    def _set_state(self, value: bool) -> None:
+        was_high = self._state
+        MockPin._set_state(self, value)  # not MockTriggerPin's: no sleeping echo thread
         echo = self.echo_pin
-        duration = self.echo_time
-        echo.drive_high()
-        rise = echo._last_change
-        time.sleep(duration)
-        if isinstance(echo, _StampedEchoPin):
-            echo.stamp = rise + duration
-        echo.drive_low()
+        if was_high and not value and echo is not None:
+            rise = time.monotonic()
+            if isinstance(echo, _StampedEchoPin):
+                echo.stamp = rise
+            echo.drive_high()
+            if isinstance(echo, _StampedEchoPin):
+                echo.stamp = rise + self.echo_time
+            echo.drive_low()
 
 
 def mock_hcsr04_pins(

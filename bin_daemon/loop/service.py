@@ -424,8 +424,8 @@ class Service:
             return policy.decide
         from bin_daemon.loop.overflow import with_overflow
 
-        return with_overflow(
-            policy.decide, self.fill.full_bins, config.overflow_for(), config.fallback_bin
+        return with_overflow(  # the monitor's overflow: fill settings apply at a restart
+            policy.decide, self.fill.full_bins, self.fill.overflow, config.fallback_bin
         )
 
     # -- telemetry and roll-outs (bin_daemon/telemetry/) -----------------------------------
