@@ -162,3 +162,15 @@ def test_the_loop_reads_fill_levels_between_items_only_and_never_waits(fake_cloc
     assert seen[3 + len(quiet) :][:3] == [3, 4, 5]  # then a fresh measurement: the 2 dropped
     assert service.fill.levels()["glass"] == 95.0 and service.fill.full_bins() == {"glass"}
     assert sensor.rests == 2  # resting after the item and after the measurement
+
+
+def test_sensor_command_reads_a_bins_fill_sensor_for_calibration(tmp_path, capsys):
+    config = str(fill_config(tmp_path))
+    argv = ["sensor", "--config", config, "--hardware", "fake", "--count", "1"]
+    assert cli.main([*argv, "--fill", "glass"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("s  distance 0.800 m, 0% full (empty 0.80 m, full 0.10 m)\n")
+    assert cli.main([*argv, "--fill", "recycling"]) == 2
+    assert capsys.readouterr().err == (
+        "bin-daemon: error: bin 'recycling' has no fill sensor (bins with one: glass, landfill)\n"
+    )

@@ -335,6 +335,16 @@ class FillMonitor:
             self.on_change()
 
 
+def describe_fill(sensor: FillSensor, fill) -> str:  # fill: bin_daemon.config.FillConfig
+    """One reading for calibration, e.g. ``distance 0.412 m, 55% full (empty 0.80 m, ...)``."""
+    settings = FillSettings.from_config(fill)
+    distance = sensor.wait_sample().distance_m
+    return (
+        f"distance {distance:.3f} m, {settings.percent(distance):.0f}% full (empty "
+        f"{settings.empty_distance_m:.2f} m, full {settings.full_distance_m:.2f} m)"
+    )
+
+
 def _text(error: Exception) -> str:
     return str(error) if isinstance(error, BinDaemonError) else f"{type(error).__name__}: {error}"
 

@@ -292,13 +292,14 @@ def mock_ultrasonic_pins(
     """Prepare mock pins so a DistanceSensor reads as if an echo took ``echo_time_s``.
 
     Must run before the sensor is built, on a factory whose ``pin_class`` is the plain
-    ``MockPin`` (a factory cannot mix PWM and non-PWM mock pins).
+    ``MockPin`` (a factory cannot mix PWM and non-PWM mock pins). The echo is stamped
+    exactly (:class:`SteadyTriggerPin`), whatever the machine's load.
     """
-    factory.pin(
-        trigger_gpio,
-        pin_class=MockTriggerPin,
-        echo_pin=factory.pin(echo_gpio),
-        echo_time=echo_time_s,
+    mock_hcsr04_pins(
+        factory,
+        trigger_gpio=trigger_gpio,
+        echo_gpio=echo_gpio,
+        distance_m=echo_time_s * SPEED_OF_SOUND_M_S / 2,
     )
 
 
