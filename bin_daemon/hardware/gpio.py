@@ -350,11 +350,15 @@ class FillRanger:
         self._woke = 0.0
         self._last_echo: float | None = None
         self._device: Any = None
+        self._closing: threading.Thread | None = None
         self._wake()
 
     def _wake(self) -> None:
         if self._device is not None:
             return
+        if self._closing is not None:  # the last rest's close (long done, in practice)
+            self._closing.join()
+            self._closing = None
         trigger_gpio, echo_gpio = self._pins
         try:
             with warnings.catch_warnings(), plain_mock_pins(self._pin_factory):
@@ -430,13 +434,20 @@ class FillRanger:
             return RangeSample(self._seq, self._latest)
 
     def rest(self) -> None:
-        """Stop pinging until the next read (at most one ping's wait: <= 0.1 s)."""
+        """Stop pinging until the next read. Never waits: closing waits for the ping in
+        flight (up to 0.1 s without echo), so it runs in a thread of its own."""
         device, self._device = self._device, None
         if device is not None:
-            _close_distance_sensor(device)
+            self._closing = threading.Thread(
+                target=_close_distance_sensor, args=(device,), name="fill-rest", daemon=True
+            )
+            self._closing.start()
 
     def close(self) -> None:
         self.rest()
+        if self._closing is not None:
+            self._closing.join()
+            self._closing = None
 
 
 def _close_distance_sensor(device: Any) -> None:

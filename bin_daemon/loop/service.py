@@ -254,9 +254,9 @@ class Service:
         )
         self.lid_guard = LidGuard(clock=self.clock, max_open_s=config.timing.max_open_s)
         lids = self.lid_guard.wrap(hardware.lids)
-        self._start_fill(config, hardware.fill, lids)
         try:
             assert hardware.camera is not None
+            self._start_fill(config, hardware.fill, lids)
 
             def on_decision(event: SortEvent) -> None:
                 if self.event_log is None:
