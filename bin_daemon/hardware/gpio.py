@@ -317,8 +317,9 @@ class FillRanger:
     adapter keeps it open only while readings are wanted: a read opens it (it is open after
     construction too, which checks the pins), :meth:`rest` closes it. That matters: pings
     of all HC-SR04s of the process take turns (gpiozero's class-wide lock), and one without
-    echo holds that lock 100 ms per ping, which on mock pins slowed the item sensor's
-    readings from 15 to 5.5 per second when it pinged all the time.
+    echo holds that lock 100 ms per ping: on mock pins the item sensor's readings fell
+    from 15.9 to 7.0 per second while it pinged all the time, and were back at 15.7 with
+    it resting (``bench/hcsr04_turns.py``).
 
     Readings are numbered (this adapter notes each echo gpiozero's thread gets, with
     ``queue_len=1`` so ``distance`` is the latest) so a caller takes each one once:
