@@ -165,7 +165,9 @@ class FillConfig(_Section):
         description="A warned or full bin clears only when it falls this far below its threshold",
     )
     overflow_bin: str | None = Field(
-        None, description="Where this bin's items go while it is full; null = fallback_bin"
+        None,
+        description="Where this bin's items go while it is full; null = fallback_bin (for "
+        "the fallback bin itself: nowhere, it keeps taking them)",
     )
     readings: int = Field(5, ge=1, le=25, description="Readings per measurement (their median)")
     agreement_m: float = Field(
@@ -441,12 +443,14 @@ class Config(_Section):
         return pins
 
     def overflow_for(self) -> dict[str, str]:
-        """bin -> where its items go while it is full, for every bin with a fill sensor."""
-        return {
-            name: b.fill.overflow_bin or self.fallback_bin
-            for name, b in self.bins.items()
-            if b.fill is not None
-        }
+        """bin -> where its items go while it is full, for every bin with a fill sensor and
+        somewhere else to go (the fallback bin's null overflow is none: it keeps its items)."""
+        overflow = {}
+        for name, b in self.bins.items():
+            target = (b.fill.overflow_bin or self.fallback_bin) if b.fill is not None else name
+            if target != name:
+                overflow[name] = target
+        return overflow
 
     def bin_for_label(self) -> dict[str, str]:
         """label -> bin name, for every label listed in a bin."""

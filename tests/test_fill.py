@@ -153,6 +153,18 @@ def test_warns_once_per_transition_not_per_measurement_and_clears_when_emptied(f
     assert m.full_bins() == set() and m.states() == {"glass": "ok"}
 
 
+def test_a_full_bin_without_overflow_says_so(fake_clock, caplog):
+    sensor = ScriptedFillSensor(distance_m=at(96))
+    m = FillMonitor(["landfill"], {"landfill": sensor}, {"landfill": SETTINGS}, clock=fake_clock)
+    with caplog.at_level(logging.WARNING):
+        m.measure_now()
+    assert caplog.messages == [
+        "bin 'landfill' is full (96%, full at 90%) and has no overflow bin: its items still go "
+        "to it; empty it"
+    ]
+    assert m.status_text() == "full: landfill 96% (no overflow)"
+
+
 def test_full_bin_status_and_no_longer_full(fake_clock, caplog):
     m, sensor = monitor(fake_clock)
     measure(m, fake_clock, sensor, 93)
@@ -275,6 +287,8 @@ def test_fill_config_errors_are_one_line_naming_the_key():
     )
     config = parse_config(BINS % "")
     assert config.overflow_for() == {"glass": "landfill"}  # null = the fallback bin
+    fallback = parse_config(BINS.replace("fallback_bin: landfill", "fallback_bin: glass") % "")
+    assert fallback.overflow_for() == {}  # the fallback bin's null: no overflow, keeps items
     assert load_config(None).overflow_for() == {}  # no fill sensors by default
 
 
@@ -307,7 +321,10 @@ def test_an_item_for_a_full_bin_goes_to_its_overflow_and_the_reason_says_why():
     assert cycle.bin == "landfill"
     unsure = route_around_full(BinChoice("landfill", True, "confidence 0.40 < threshold 0.85"),
                                full={"landfill"}, overflow={}, fallback_bin="landfill")  # fmt: skip
-    assert unsure.bin == "landfill" and unsure.unsure  # the fallback itself full: stays
+    assert unsure == BinChoice(  # the fallback bin full, without an overflow: it keeps them
+        "landfill", True,
+        "confidence 0.40 < threshold 0.85; bin 'landfill' is full but has no overflow bin",
+    )  # fmt: skip
 
 
 def test_with_overflow_reads_the_full_bins_at_each_decision():

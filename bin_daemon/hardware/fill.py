@@ -199,10 +199,12 @@ class FillMonitor:
         """What STATUS= says about full bins, e.g. ``full: glass 93% (items go to landfill)``."""
         with self._lock:
             full = [
-                f"{name} {b.percent:.0f}% (items go to {self.overflow.get(name, '?')})"
+                f"{name} {b.percent:.0f}% "
+                + (f"(items go to {self.overflow[name]})" if name in self.overflow
+                   else "(no overflow)")
                 for name, b in sorted(self._bins.items())
                 if b.state == "full" and b.percent is not None
-            ]
+            ]  # fmt: skip
         return f"full: {', '.join(full)}" if full else ""
 
     # -- the sorting loop's side ------------------------------------------------------------
@@ -299,11 +301,17 @@ class FillMonitor:
         if after == before:
             return
         s = b.settings
-        if after == "full":
+        if after == "full" and name in self.overflow:
             log.warning(
                 "bin '%s' is full (%.0f%%, full at %g%%): its items go to '%s' until it is "
                 "emptied",
-                name, percent, s.full_percent, self.overflow.get(name, "?"),
+                name, percent, s.full_percent, self.overflow[name],
+            )  # fmt: skip
+        elif after == "full":
+            log.warning(
+                "bin '%s' is full (%.0f%%, full at %g%%) and has no overflow bin: its items "
+                "still go to it; empty it",
+                name, percent, s.full_percent,
             )  # fmt: skip
         elif after == "warn" and before == "ok":
             log.warning(

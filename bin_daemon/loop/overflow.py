@@ -30,7 +30,9 @@ def route_around_full(
             after = fallback_bin
         path.append(after)
     target = path[-1]
-    if target in full:
+    if len(path) == 1:  # the fallback bin, full, with no overflow of its own: it keeps them
+        why = f"{choice.reason}; bin '{target}' is full but has no overflow bin"
+    elif target in full:
         chain = ", ".join(f"'{name}'" for name in path)
         why = f"{choice.reason}; every bin on the way is full ({chain}): fallback '{fallback_bin}'"
         target = fallback_bin
