@@ -172,6 +172,64 @@ class CameraConfig(_Section):
     )
 
 
+# --- fill level (issue 16): an optional HC-SR04 per bin, looking down at the waste ---------
+
+
+class FillConfig(_Section):
+    trigger_gpio: GpioPin
+    echo_gpio: GpioPin
+    empty_distance_m: float = Field(
+        gt=0, le=4, description="Sensor to the bottom of the empty bin (0% full)"
+    )
+    full_distance_m: float = Field(
+        gt=0, le=4, description="Sensor to the waste when the bin is full (100%)"
+    )
+    warn_percent: float = Field(75, ge=0, le=100, description="At or above: warned once")
+    full_percent: float = Field(
+        90, ge=0, le=100, description="At or above: full; its items go to overflow_bin"
+    )
+    hysteresis_percent: float = Field(
+        10,
+        ge=0,
+        le=50,
+        description="A warned or full bin clears only when it falls this far below its threshold",
+    )
+    overflow_bin: str | None = Field(
+        None,
+        description="Where this bin's items go while it is full; null = fallback_bin (for "
+        "the fallback bin itself: nowhere, it keeps taking them)",
+    )
+    readings: int = Field(5, ge=1, le=25, description="Readings per measurement (their median)")
+    agreement_m: float = Field(
+        0.03,
+        gt=0,
+        le=1,
+        description="Consecutive readings must agree within this, or the measurement is dropped",
+    )
+    interval_s: float = Field(
+        60, ge=1, le=86400, description="How often the level is measured (lid closed, bin idle)"
+    )
+    echo_timeout_s: float = Field(
+        1.0, gt=0, le=10, description="No echo for this long: the level is unknown"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FillConfig:
+        if self.full_distance_m >= self.empty_distance_m:
+            raise ValueError(
+                f"full_distance_m ({self.full_distance_m:g}) must be less than "
+                f"empty_distance_m ({self.empty_distance_m:g})"
+            )
+        if self.warn_percent > self.full_percent:
+            raise ValueError(
+                f"warn_percent ({self.warn_percent:g}) must not be above full_percent "
+                f"({self.full_percent:g})"
+            )
+        if self.trigger_gpio == self.echo_gpio:
+            raise ValueError("trigger_gpio and echo_gpio must be different pins")
+        return self
+
+
 class BinConfig(_Section):
     labels: list[str] = Field(default_factory=list, description="Model labels sorted into this bin")
     servo_gpio: GpioPin
@@ -181,6 +239,7 @@ class BinConfig(_Section):
     max_angle_deg: float = Field(180.0, description="Servo angle at max_pulse_width_s")
     min_pulse_width_s: float = Field(0.0005, gt=0, lt=0.02, description="Pulse at min_angle_deg")
     max_pulse_width_s: float = Field(0.0025, gt=0, lt=0.02, description="Pulse at max_angle_deg")
+    fill: FillConfig | None = Field(None, description="Fill-level sensor (HC-SR04); null = none")
 
     @model_validator(mode="after")
     def _check(self) -> BinConfig:
@@ -379,6 +438,19 @@ class Config(_Section):
                     (tuple(where.split(".")), f"GPIO {pin} is already used by {pins[pin]}")
                 )
             pins.setdefault(pin, where)
+        for name, bin_ in self.bins.items():  # fill sensors (issue 16)
+            overflow = bin_.fill.overflow_bin if bin_.fill is not None else None
+            if overflow is not None and overflow not in self.bins:
+                errors.append(
+                    (
+                        ("bins", name, "fill", "overflow_bin"),
+                        f"'{overflow}' is not one of the bins ({', '.join(self.bins)})",
+                    )
+                )
+            elif overflow == name:
+                errors.append(
+                    (("bins", name, "fill", "overflow_bin"), "a bin cannot overflow into itself")
+                )
         return errors
 
     def gpio_pins(self) -> list[tuple[str, int]]:
@@ -392,7 +464,23 @@ class Config(_Section):
                 ("sensor.echo_gpio", self.sensor.echo_gpio),
             ]
         pins += [(f"bins.{name}.servo_gpio", b.servo_gpio) for name, b in self.bins.items()]
+        for name, b in self.bins.items():  # fill sensors (issue 16)
+            if b.fill is not None:
+                pins += [
+                    (f"bins.{name}.fill.trigger_gpio", b.fill.trigger_gpio),
+                    (f"bins.{name}.fill.echo_gpio", b.fill.echo_gpio),
+                ]
         return pins
+
+    def overflow_for(self) -> dict[str, str]:
+        """bin -> where its items go while it is full, for every bin with a fill sensor and
+        somewhere else to go (the fallback bin's null overflow is none: it keeps its items)."""
+        overflow = {}
+        for name, b in self.bins.items():
+            target = (b.fill.overflow_bin or self.fallback_bin) if b.fill is not None else name
+            if target != name:
+                overflow[name] = target
+        return overflow
 
     def bin_for_label(self) -> dict[str, str]:
         """label -> bin name, for every label listed in a bin."""

@@ -8,15 +8,27 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from bin_daemon.errors import HardwareError
-from bin_daemon.hardware.fakes import FakeLid, FakeProximitySensor, ItemFeed
+from bin_daemon.hardware.fakes import (
+    DrivenRanger,
+    FakeFillSensor,
+    FakeLid,
+    FakeProximitySensor,
+    ItemFeed,
+    ScriptedFillSensor,
+)
+from bin_daemon.hardware.fill import FillSettings
 from bin_daemon.hardware.gpio import (
+    FillRanger,
     IrSensor,
     ServoLid,
     UltrasonicSensor,
+    echo_time_s,
+    mock_hcsr04_pins,
     mock_ultrasonic_pins,
     pi_pin_factory,
+    plain_mock_pins,
 )
-from bin_daemon.hardware.ports import Lid, ProximitySensor
+from bin_daemon.hardware.ports import FillSensor, Lid, ProximitySensor
 
 SERVO = dict(min_angle_deg=0, max_angle_deg=180, min_pulse_width_s=0.0005, max_pulse_width_s=0.0025)
 
@@ -118,10 +130,20 @@ def test_servo_pin_in_use_is_a_hardware_error(pin_factory):
 # --- proximity sensors -------------------------------------------------------------------
 
 
-@pytest.fixture(params=["ir-on-mock-pin", "fake", "item-feed"])
+@pytest.fixture(params=["ir-on-mock-pin", "fake", "item-feed", "hcsr04-on-mock-pins"])
 def drivable_sensor(request, pin_factory) -> ProximitySensor:
     if request.param == "fake":
         yield FakeProximitySensor()
+        return
+    if request.param == "hcsr04-on-mock-pins":  # what run --hardware fake builds for hcsr04
+        pin = mock_hcsr04_pins(pin_factory, trigger_gpio=23, echo_gpio=24, distance_m=0.6)
+        with plain_mock_pins(pin_factory):
+            ultrasonic = UltrasonicSensor(trigger_gpio=23, echo_gpio=24, trigger_distance_m=0.15,
+                                          max_distance_m=1.0, pin_factory=pin_factory)  # fmt: skip
+        sensor = DrivenRanger(ultrasonic, lambda d: setattr(pin, "echo_time", echo_time_s(d)),
+                              item_m=0.075, empty_m=0.575)  # fmt: skip
+        yield sensor
+        sensor.close()
         return
     sensor = IrSensor(gpio=17, active_low=True, pin_factory=pin_factory)
     if request.param == "item-feed":
@@ -156,10 +178,12 @@ def test_sensor_contract(drivable_sensor):
     assert isinstance(drivable_sensor, ProximitySensor)
     drivable_sensor.drive(False)
     assert drivable_sensor.is_active is False
-    assert drivable_sensor.describe() == "inactive"
+    assert drivable_sensor.describe().endswith("inactive")  # an HC-SR04 says its distance first
     drivable_sensor.drive(True)
     assert drivable_sensor.is_active is True
-    assert drivable_sensor.describe() == "active (item present)"
+    assert drivable_sensor.describe().endswith("active (item present)")
+    drivable_sensor.drive(False)
+    assert drivable_sensor.is_active is False
     drivable_sensor.close()
 
 
@@ -230,3 +254,109 @@ def test_no_gpio_off_a_pi_is_one_clear_line():
     message = str(caught.value)
     assert message.startswith("no GPIO here (not a Raspberry Pi, or python3-lgpio missing; try")
     assert "\n" not in message
+
+
+# --- fill-level sensors (issue 16) --------------------------------------------------------
+
+FILL = FillSettings(empty_distance_m=0.8, full_distance_m=0.1)
+MOCK_M = 0.005
+"""gpio.SteadyTriggerPin stamps the echo exactly: readings are the set distance."""
+
+
+class _Placed:
+    """Puts the object in front of a fill sensor at a distance, however that sensor does it."""
+
+    def __init__(self, sensor, place):
+        self.sensor, self.place = sensor, place
+
+
+@pytest.fixture(params=["ranger-on-mock-pins", "fake-fill-sensor", "scripted"])
+def fill_sensor(request, pin_factory):
+    if request.param == "scripted":
+        sensor = ScriptedFillSensor("fill sensor 'glass'", distance_m=0.8)
+        yield _Placed(sensor, lambda d: setattr(sensor, "distance_m", d))
+        return
+    pin = mock_hcsr04_pins(pin_factory, trigger_gpio=5, echo_gpio=6, distance_m=0.8)
+    with plain_mock_pins(pin_factory):
+        ranger = FillRanger(trigger_gpio=5, echo_gpio=6, name="fill sensor 'glass'",
+                            pin_factory=pin_factory)  # fmt: skip
+    move = lambda d: setattr(pin, "echo_time", echo_time_s(d))  # noqa: E731
+    if request.param == "ranger-on-mock-pins":
+        placed = _Placed(ranger, move)
+    else:
+        fake = FakeFillSensor(ranger, move, FILL.distance_m, bin_name="glass")
+        placed = _Placed(fake, lambda d: fake.set_percent(FILL.percent(d)))
+    yield placed
+    placed.sensor.close()
+
+
+def _fresh(sensor, count=2):
+    """Readings after a move: the first may have been pinged before it."""
+    for _ in range(count - 1):
+        sensor.wait_sample()
+    return sensor.wait_sample()
+
+
+def test_fill_sensor_contract(fill_sensor):
+    sensor = fill_sensor.sensor
+    assert isinstance(sensor, FillSensor) and sensor.name == "fill sensor 'glass'"
+    first = sensor.wait_sample()
+    assert first.distance_m == pytest.approx(0.8, abs=MOCK_M)
+    fill_sensor.place(0.3)
+    moved = _fresh(sensor)
+    assert moved.seq > first.seq and moved.distance_m == pytest.approx(0.3, abs=MOCK_M)
+    later = sensor.sample()  # never waits; each reading is handed out once
+    assert later is None or later.seq > moved.seq
+    again = sensor.sample()
+    assert again is None or again.seq > (later or moved).seq
+    sensor.rest()  # no readings wanted for a while; the next read starts again
+    sensor.rest()  # twice is harmless
+    woke = sensor.wait_sample()
+    assert woke.seq > (again or later or moved).seq
+    assert woke.distance_m == pytest.approx(0.3, abs=MOCK_M)
+
+
+def test_the_fake_fill_level_is_set_by_percent_or_by_a_file(pin_factory, tmp_path):
+    pin = mock_hcsr04_pins(pin_factory, trigger_gpio=5, echo_gpio=6, distance_m=0.8)
+    with plain_mock_pins(pin_factory):
+        ranger = FillRanger(trigger_gpio=5, echo_gpio=6, pin_factory=pin_factory)
+    levels = tmp_path / "levels.json"
+    fake = FakeFillSensor(ranger, lambda d: setattr(pin, "echo_time", echo_time_s(d)),
+                          FILL.distance_m, bin_name="glass", levels_file=levels)  # fmt: skip
+    assert FILL.percent(fake.wait_sample().distance_m) == pytest.approx(0, abs=0.5)  # empty
+    fake.set_percent(60)
+    assert FILL.percent(fake.wait_sample().distance_m) == pytest.approx(60, abs=0.5)
+    levels.write_text('{"glass": 95, "landfill": 10}')
+    assert FILL.percent(fake.wait_sample().distance_m) == pytest.approx(95, abs=0.5)
+    assert fake.percent == 95
+    levels.write_text('{"glass": "lots"}')  # a bad file: one warning, the level stays
+    assert FILL.percent(fake.wait_sample().distance_m) == pytest.approx(95, abs=0.5)
+    fake.close()
+
+
+def test_a_resting_ranger_does_not_ping_and_hands_out_no_reading_from_before(pin_factory):
+    mock_hcsr04_pins(pin_factory, trigger_gpio=5, echo_gpio=6, distance_m=0.5)
+    with plain_mock_pins(pin_factory):
+        ranger = FillRanger(trigger_gpio=5, echo_gpio=6, pin_factory=pin_factory)
+    assert ranger.awake  # open after construction: the pins are checked at start
+    first = ranger.wait_sample()
+    ranger.rest()
+    assert not ranger.awake
+    seq = ranger.seq
+    assert ranger.sample() is None  # woken by the read: nothing new yet, nothing old
+    assert ranger.awake and ranger.wait_sample().seq > seq >= first.seq
+    ranger.close()
+    assert not ranger.awake
+
+
+def test_a_fill_sensor_without_echo_is_a_hardware_error_not_a_hang(pin_factory):
+    with plain_mock_pins(pin_factory):  # plain mock pins: no echo ever comes
+        ranger = FillRanger(trigger_gpio=5, echo_gpio=6, echo_timeout_s=0.2,
+                            name="fill sensor 'glass'", pin_factory=pin_factory)  # fmt: skip
+    try:
+        with pytest.raises(HardwareError, match=r"fill sensor 'glass': HC-SR04 no echo within"):
+            ranger.wait_sample(0.3)
+        with pytest.raises(HardwareError, match=r"no echo for 0\.\d s \(check the echo wire"):
+            ranger.sample()  # past echo_timeout_s since it was opened
+    finally:
+        ranger.close()

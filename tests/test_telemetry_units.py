@@ -128,8 +128,16 @@ def test_stats_counts_rates_and_percentiles():
     snap = stats.snapshot()
     assert snap["items"] == 100 and snap["unsure"] == 25 and snap["unsure_rate"] == 0.25
     assert snap["per_bin"] == {"glass": 75, "landfill": 25} and snap["per_label"] == {"glass": 100}
-    assert snap["latency_ms"] == {"p50": 50.0, "p95": 95.0, "n": 100}
+    assert snap["latency_ms"] == {"p50": 50.0, "p95": 95.0, "n": 100, "sum_all": 5050.0,
+                                  "count_all": 100}  # fmt: skip
     assert percentile([], 0.5) is None and ItemStats().snapshot()["unsure_rate"] is None
+    short = ItemStats(window=10)  # quantiles over the window, sum and count over every item
+    for n in range(1, 101):
+        e = event(f"i{n}", lid="completed")
+        e.latency_ms = {"total": float(n)}
+        short.add(e)
+    assert short.snapshot()["latency_ms"] == {"p50": 95.0, "p95": 100.0, "n": 10,
+                                              "sum_all": 5050.0, "count_all": 100}  # fmt: skip
 
 
 # -------------------------------------------------------------------- system readings
@@ -171,8 +179,8 @@ def test_prometheus_textfile_is_complete_and_replaced_atomically(tmp_path):
     assert all(name.startswith("bin_daemon_") for name in names)
     for name in names:  # every series has its HELP and TYPE
         assert f"# HELP {name} " in text and f"# TYPE {name} " in text
-    assert 'bin_daemon_items_by_label_total{label="we\\"ird"} 7' in samples
-    assert 'bin_daemon_latency_milliseconds{quantile="0.95"} 9' in samples
+    assert 'bin_daemon_items_by_label_total{label="we\\"ird"} 7.0' in samples
+    assert 'bin_daemon_latency_milliseconds{quantile="0.95"} 9.0' in samples
     assert "bin_daemon_cpu_temperature_celsius 51.2" in samples
     assert "cpu_temperature" not in prometheus.render({"items": 1})  # absent: left out
     target = tmp_path / "bin_daemon.prom"
@@ -183,6 +191,35 @@ def test_prometheus_textfile_is_complete_and_replaced_atomically(tmp_path):
     ]  # no temporary file left behind
 
 
+def test_prometheus_values_are_exact_and_typed_as_prometheus_reads_them():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    big = 123_456_789  # {:g} wrote 1.23457e+08: counters and uptime lost their last digits
+    metrics = {"items": big, "per_bin": {"glass": big}, "uptime_s": 8_640_012.3,
+               "latency_ms": {"p50": 4.5, "p95": 9.25, "n": 1000, "sum_all": 555_555.125,
+                              "count_all": big},
+               "fill_percent": {"glass": 93.1, "landfill": None},
+               "fill_state": {"glass": "full", "landfill": "ok"}}  # fmt: skip
+    families = {f.name: f for f in text_string_to_metric_families(prometheus.render(metrics))}
+    assert families["bin_daemon_items"].type == "counter"
+    assert families["bin_daemon_items"].samples[0].value == big
+    assert families["bin_daemon_items_by_bin"].samples[0].value == big
+    assert families["bin_daemon_uptime_seconds"].samples[0].value == 8_640_012.3
+    latency = families["bin_daemon_latency_milliseconds"]
+    assert latency.type == "summary"
+    assert {(s.name, s.labels.get("quantile"), s.value) for s in latency.samples} == {
+        ("bin_daemon_latency_milliseconds", "0.5", 4.5),
+        ("bin_daemon_latency_milliseconds", "0.95", 9.25),
+        ("bin_daemon_latency_milliseconds_sum", None, 555_555.125),
+        ("bin_daemon_latency_milliseconds_count", None, big),
+    }
+    fill = families["bin_daemon_fill_percent"]
+    assert fill.type == "gauge"
+    assert [(s.labels, s.value) for s in fill.samples] == [({"bin": "glass"}, 93.1)]  # no None
+    full = {s.labels["bin"]: s.value for s in families["bin_daemon_bin_full"].samples}
+    assert full == {"glass": 1.0, "landfill": 0.0}
+
+
 def test_metrics_are_due_by_the_injected_clock_and_written_without_mqtt(tmp_path, caplog):
     config = load_config(None).telemetry.model_copy(update={"metrics_interval_s": 60})
     clock = FakeClock()
@@ -191,15 +228,15 @@ def test_metrics_are_due_by_the_injected_clock_and_written_without_mqtt(tmp_path
                           prometheus_path=textfile, probe=SystemProbe(thermal_path=None,
                           throttled_command=None))  # fmt: skip
     telemetry.step()  # the first at once
-    assert "bin_daemon_items_total 0" in textfile.read_text()
+    assert "bin_daemon_items_total 0.0" in textfile.read_text()
     telemetry.record(event("x", lid="completed"))
     clock.advance(59)
     telemetry.step()
-    assert "bin_daemon_items_total 0" in textfile.read_text()  # not due yet
+    assert "bin_daemon_items_total 0.0" in textfile.read_text()  # not due yet
     clock.advance(1)
     telemetry.step()
     text = textfile.read_text()
-    assert "bin_daemon_items_total 1" in text and "bin_daemon_uptime_seconds 60" in text
+    assert "bin_daemon_items_total 1.0" in text and "bin_daemon_uptime_seconds 60.0" in text
     assert "mqtt" not in text  # no MQTT configured
     textfile.unlink()
     blocked = Telemetry(config, clock=clock, event_log_path=None, model_sha=lambda: "",

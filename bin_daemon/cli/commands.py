@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fake hardware: really wait the hold and cool-down times (default: simulated)",
     )
+    run.add_argument(  # issue 16: fill levels
+        "--fill-levels",
+        type=Path,
+        metavar="FILE",
+        help='fake hardware: fill sensors read the levels in FILE (JSON, e.g. {"glass": 95}), '
+        "re-read when it changes; default: empty bins",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file (and the model's labels)")
@@ -136,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sensor.add_argument(
         "--interval-s", type=_positive_float, default=0.5, metavar="S", help="between readings"
     )
+    sensor.add_argument(  # issue 16: calibrate a bin's fill sensor
+        "--fill", metavar="BIN", help="read that bin's fill sensor instead (distance and percent)"
+    )
     sensor.set_defaults(func=cmd_sensor)
 
     # --- commands that live in other modules, registered when they exist ----------------
@@ -167,8 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.hardware == "fake" and args.images is None:
         raise UsageError("run --hardware fake needs --images DIR")
-    if args.hardware == "pi" and (args.images is not None or args.realtime):
-        raise UsageError("--images and --realtime go with --hardware fake")
+    if args.hardware == "pi" and (
+        args.images is not None or args.realtime or args.fill_levels is not None
+    ):
+        raise UsageError("--images, --realtime and --fill-levels go with --hardware fake")
     options = RunOptions(
         config_path=args.config,
         hardware=args.hardware,
@@ -176,6 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         events_path=args.events,
         realtime=args.realtime,
+        fill_levels=args.fill_levels,
     )
     return run(options)
 
@@ -338,12 +351,28 @@ def cmd_sensor(args: argparse.Namespace) -> int:
     fake = args.hardware == "fake"
     clock = FakeClock() if fake else SystemClock()
     count = args.count if args.count is not None else (5 if fake else None)
-    hardware = build_hardware(config, args.hardware, clock=clock, camera=False, lids=False)
+    fill_bin = args.fill
+    if fill_bin is not None and (fill_bin not in config.bins or config.bins[fill_bin].fill is None):
+        with_fill = [name for name, b in config.bins.items() if b.fill is not None]
+        raise UsageError(
+            f"bin '{fill_bin}' has no fill sensor (bins with one: {', '.join(with_fill) or 'none'})"
+        )
+    hardware = build_hardware(
+        config, args.hardware, clock=clock, camera=False, lids=False, fill=fill_bin is not None
+    )
+
+    def reading() -> str:
+        if fill_bin is None:
+            return hardware.sensor.describe()
+        from bin_daemon.hardware.fill import describe_fill
+
+        return describe_fill(hardware.fill[fill_bin], config.bins[fill_bin].fill)
+
     try:
         n = 0
         start = clock.monotonic()
         while count is None or n < count:
-            print(f"{clock.monotonic() - start:7.2f} s  {hardware.sensor.describe()}", flush=True)
+            print(f"{clock.monotonic() - start:7.2f} s  {reading()}", flush=True)
             n += 1
             if count is None or n < count:
                 clock.sleep(args.interval_s)

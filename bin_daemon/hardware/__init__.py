@@ -1,4 +1,9 @@
-"""The hardware behind the sorter: ``build_hardware(config, kind)`` for "pi" or "fake"."""
+"""The hardware behind the sorter: ``build_hardware(config, kind)`` for "pi" or "fake".
+
+``ports.py`` the interfaces; ``gpio.py`` gpiozero (the only import of it): lids, the item
+sensor, fill-level sensors; ``picamera.py`` the camera; ``fill.py`` the bins' fill levels
+(readings -> percent -> ok / warn / full); ``fakes.py`` the fakes; ``clock.py`` real time.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bin_daemon.config import BinConfig, Config, IrSensorConfig
-from bin_daemon.hardware.ports import Camera, Clock, Lid, ProximitySensor
+from bin_daemon.hardware.ports import Camera, Clock, FillSensor, Lid, ProximitySensor
 
 HardwareKind = Literal["pi", "fake"]
 
@@ -18,6 +23,8 @@ class Hardware:
     camera: Camera | None
     lids: dict[str, Lid]
     pin_factory: Any = None
+    fill: dict[str, FillSensor] = field(default_factory=dict)
+    """Fill-level sensors by bin (only bins with a ``fill:`` section; built with fill=True)."""
     _closers: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
@@ -60,12 +67,15 @@ def build_hardware(
     max_items: int | None = None,
     camera: bool = True,
     lids: bool = True,
+    fill: bool = False,
+    fill_levels: Path | None = None,
 ) -> Hardware:
-    """The sensor, camera and lids for ``kind``.
+    """The sensor, camera and lids (and with ``fill``, the bins' fill sensors) for ``kind``.
 
     "pi": gpiozero on the Pi's GPIO and picamera2. "fake": the same gpiozero adapters on
-    mock pins (an IR-style input driven by an :class:`ItemFeed`: one item per image) and a
-    camera serving ``images``.
+    mock pins (the configured sensor, IR or HC-SR04, driven by an :class:`ItemFeed`: one
+    item per image; fill sensors at the levels of the ``fill_levels`` file, else empty) and
+    a camera serving ``images``.
     """
     from bin_daemon.hardware import gpio
 
@@ -78,15 +88,15 @@ def build_hardware(
             from bin_daemon.hardware.fakes import ItemFeed
 
             hw.pin_factory = gpio.mock_pin_factory()
-            pin = (
-                config.sensor.gpio
-                if isinstance(config.sensor, IrSensorConfig)
-                else config.sensor.trigger_gpio
-            )
-            raw = gpio.IrSensor(gpio=pin, active_low=True, pin_factory=hw.pin_factory)
+            raw = _fake_sensor(config, hw.pin_factory)
             raw.drive(False)  # an empty flap
             hw.sensor = ItemFeed(raw, max_items=max_items) if camera else raw
         hw._closers.append(hw.sensor.close)
+        if fill:
+            for name, bin_ in config.bins.items():
+                if bin_.fill is not None:
+                    hw.fill[name] = _fill_sensor(name, bin_, kind, hw.pin_factory, fill_levels)
+                    hw._closers.append(hw.fill[name].close)
         if camera:
             hw.camera = _camera(config, kind, clock, images)
             hw._closers.append(hw.camera.close)
@@ -118,6 +128,65 @@ def _pi_sensor(config: Config, pin_factory: Any) -> ProximitySensor:
         max_distance_m=s.max_distance_m,
         echo_timeout_s=s.echo_timeout_s,
         pin_factory=pin_factory,
+    )
+
+
+def _fake_sensor(config: Config, pin_factory: Any) -> Any:
+    """The configured sensor type on mock pins, drivable (an item on the flap or not)."""
+    from bin_daemon.hardware import gpio
+    from bin_daemon.hardware.fakes import DrivenRanger
+
+    s = config.sensor
+    if isinstance(s, IrSensorConfig):
+        return gpio.IrSensor(gpio=s.gpio, active_low=True, pin_factory=pin_factory)
+    empty_m = (s.trigger_distance_m + s.max_distance_m) / 2
+    pin = gpio.mock_hcsr04_pins(
+        pin_factory, trigger_gpio=s.trigger_gpio, echo_gpio=s.echo_gpio, distance_m=empty_m
+    )
+    with gpio.plain_mock_pins(pin_factory):
+        sensor = _pi_sensor(config, pin_factory)  # the very adapter a Pi uses
+    return DrivenRanger(
+        sensor,
+        lambda distance_m: setattr(pin, "echo_time", gpio.echo_time_s(distance_m)),
+        item_m=s.trigger_distance_m / 2,
+        empty_m=empty_m,
+    )
+
+
+def _fill_sensor(
+    name: str, bin_: BinConfig, kind: HardwareKind, pin_factory: Any, levels: Path | None
+) -> FillSensor:
+    from bin_daemon.hardware import gpio
+
+    f = bin_.fill
+    assert f is not None
+    pin = None
+    if kind == "fake":
+        pin = gpio.mock_hcsr04_pins(
+            pin_factory,
+            trigger_gpio=f.trigger_gpio,
+            echo_gpio=f.echo_gpio,
+            distance_m=f.empty_distance_m,
+        )
+    with gpio.plain_mock_pins(pin_factory):
+        ranger = gpio.FillRanger(
+            trigger_gpio=f.trigger_gpio,
+            echo_gpio=f.echo_gpio,
+            echo_timeout_s=f.echo_timeout_s,
+            name=f"fill sensor '{name}'",
+            pin_factory=pin_factory,
+        )
+    if pin is None:
+        return ranger
+    from bin_daemon.hardware.fakes import FakeFillSensor
+    from bin_daemon.hardware.fill import FillSettings
+
+    return FakeFillSensor(
+        ranger,
+        lambda distance_m: setattr(pin, "echo_time", gpio.echo_time_s(distance_m)),
+        FillSettings.from_config(f).distance_m,
+        bin_name=name,
+        levels_file=levels,
     )
 
 

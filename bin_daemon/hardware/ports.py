@@ -84,3 +84,32 @@ class Lid(Protocol):
     def shutdown(self) -> None:
         """Release the device (after it has been closed and detached)."""
         ...
+
+
+@dataclass(frozen=True)
+class RangeSample:
+    """One distance reading: ``seq`` counts the sensor's readings since it was opened."""
+
+    seq: int
+    distance_m: float
+
+
+@runtime_checkable
+class FillSensor(Protocol):
+    """A distance sensor looking down into a bin (issue 16)."""
+
+    name: str
+
+    def sample(self) -> RangeSample | None:
+        """The newest reading not taken yet, or None; never waits. HardwareError: no echo."""
+        ...
+
+    def wait_sample(self, timeout_s: float | None = None) -> RangeSample:
+        """Wait for a new reading (HardwareError if none comes in time)."""
+        ...
+
+    def rest(self) -> None:
+        """No readings are wanted for a while: stop pinging (the next read starts again)."""
+        ...
+
+    def close(self) -> None: ...

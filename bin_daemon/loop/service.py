@@ -59,6 +59,8 @@ class RunOptions:
     max_items: int | None = None
     events_path: Path | None = None
     realtime: bool = False
+    fill_levels: Path | None = None
+    """Fake hardware: a JSON file of bin -> fill percent, re-read when it changes."""
 
 
 def load_classifier(config: Config, *, reference_kernels: bool = False) -> Classifier:
@@ -183,6 +185,8 @@ class Service:
         """Roll-outs installed in the store, to switch to between items."""
         self._running_sha = ""
         self.last_reload_error: str | None = None
+        self.fill: Any = None
+        """bin_daemon.hardware.fill.FillMonitor when a bin has a fill sensor (issue 16)."""
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -247,11 +251,14 @@ class Service:
             clock=self.clock,
             images=options.images,
             max_items=options.max_items,
+            fill=True,
+            fill_levels=options.fill_levels,
         )
         self.lid_guard = LidGuard(clock=self.clock, max_open_s=config.timing.max_open_s)
         lids = self.lid_guard.wrap(hardware.lids)
         try:
             assert hardware.camera is not None
+            self._start_fill(config, hardware.fill, lids)
 
             def on_decision(event: SortEvent) -> None:
                 if self.event_log is None:
@@ -274,7 +281,7 @@ class Service:
                 sensor=hardware.sensor,
                 camera=hardware.camera,
                 classifier=classifier,
-                decide=policy.decide,
+                decide=self._decide(config, policy),
                 lids=lids,
                 timing=make_timing(config),
                 clock=self.clock,
@@ -290,6 +297,8 @@ class Service:
                 sinks.append(self.telemetry.record)  # after the event log: it reads its rows
             self.lid_guard.start(LID_GUARD_EVERY_S)
             self.sorter.start()
+            if self.fill is not None:
+                self.fill.measure_now()  # the levels before the first item (lids closed)
             self._config = config
             where = f"{options.hardware} hardware"
             if options.hardware == "fake":
@@ -336,6 +345,11 @@ class Service:
                 poll_interval_s = self._config.timing.poll_interval_s
             self._heartbeat()
             event = self.sorter.poll()
+            if self.fill is not None:  # fill levels: between items only, never waiting
+                if event is not None:
+                    self.fill.interrupt()
+                else:
+                    self.fill.tick()
             if max_items is not None and self.sorter.counts.items >= max_items:
                 log.info("sorted %d items (--max-items)", self.sorter.counts.items)
                 break
@@ -380,7 +394,7 @@ class Service:
             log.warning("telemetry settings changed: restart the service to apply them")
         journal.setup_logging(config.logging.level, journal=self._journal)
         self.sorter.classifier = classifier
-        self.sorter.decide = policy.decide
+        self.sorter.decide = self._decide(config, policy)
         self.sorter.timing = make_timing(config)
         self.sorter.camera_retry = make_camera_retry(config)
         if self.lid_guard is not None:
@@ -390,6 +404,31 @@ class Service:
         log.info("reloaded: model %s (sha256 %s)", classifier.version, classifier.sha256[:12])
         self.notifier.ready(self._status())
         return True
+
+    # -- fill levels (issue 16; bin_daemon/hardware/fill.py) -------------------------------
+
+    def _start_fill(self, config: Config, sensors: dict[str, Any], lids: dict[str, Any]) -> None:
+        if not sensors:
+            return
+        from bin_daemon.hardware.fill import build_fill_monitor
+
+        self.fill = build_fill_monitor(
+            config,
+            sensors,
+            clock=self.clock,
+            lid_closed=lambda name: not lids[name].is_open,
+            on_change=lambda: self.notifier.status(self._status()),
+        )
+
+    def _decide(self, config: Config, policy: Policy) -> Callable[[str | None, float], Any]:
+        """The policy, with full bins routed to their overflow when fill sensors are there."""
+        if self.fill is None:
+            return policy.decide
+        from bin_daemon.loop.overflow import with_overflow
+
+        return with_overflow(  # the monitor's overflow: fill settings apply at a restart
+            policy.decide, self.fill.full_bins, self.fill.overflow, config.fallback_bin
+        )
 
     # -- telemetry and roll-outs (bin_daemon/telemetry/) -----------------------------------
 
@@ -428,6 +467,7 @@ class Service:
             model_sha=lambda: self._running_sha,
             prometheus_path=config.prometheus_path(),
             on_model_message=rollout.offer if rollout is not None else None,
+            fill=self.fill,
         )
         if rollout is not None:
             rollout.start()
@@ -469,7 +509,11 @@ class Service:
         telemetry_fault = self.telemetry.fault() if self.telemetry is not None else None
         if telemetry_fault:
             faults["telemetry"] = telemetry_fault
-        return self.sorter.counts.status(self.sorter.state, faults)
+        if self.fill is not None:
+            faults.update(self.fill.faults())
+        text = self.sorter.counts.status(self.sorter.state, faults)
+        full = self.fill.status_text() if self.fill is not None else ""
+        return f"{full}; {text}" if full else text
 
     def _summary(self) -> str:
         assert self.sorter is not None

@@ -57,6 +57,7 @@ class Telemetry:
         probe: SystemProbe | None = None,
         link_factory: Callable[..., Any] | None = None,
         on_model_message: Callable[[str, bytes], None] | None = None,
+        fill: Any = None,
     ) -> None:
         self.config = config
         self.mqtt: MqttConfig | None = config.mqtt
@@ -68,6 +69,8 @@ class Telemetry:
         self._model_sha = model_sha
         self._event_log_path = event_log_path
         self._on_model_message = on_model_message
+        self.fill = fill
+        """A FillMonitor (levels(), states()), or None when no bin has a fill sensor."""
         self._started = clock.monotonic()
         self._next_metrics = self._started  # the first metrics at once
         self._wake = threading.Event()
@@ -292,6 +295,9 @@ class Telemetry:
             **self.stats.snapshot(),
             **self.probe.readings(),
         }
+        if self.fill is not None:
+            out["fill_percent"] = self.fill.levels()
+            out["fill_state"] = self.fill.states()
         if self.mqtt is not None:
             out["mqtt_connected"] = self._connected
         if self.outbox is not None:

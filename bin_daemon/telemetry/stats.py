@@ -35,6 +35,9 @@ class ItemStats:
         self.per_bin: Counter[str] = Counter()
         self.per_label: Counter[str] = Counter()
         self._latency_ms: deque[float] = deque(maxlen=window)
+        self.latency_sum_ms = 0.0
+        self.latency_count = 0
+        """Over every item since the start (a Prometheus summary's _sum and _count)."""
         self.last_item_ts: str | None = None
         self.last_item: str | None = None
         """``label -> bin`` of the latest item (for a watcher that joins late)."""
@@ -49,6 +52,8 @@ class ItemStats:
             total = event.latency_ms.get("total")
             if isinstance(total, int | float):
                 self._latency_ms.append(float(total))
+                self.latency_sum_ms += float(total)
+                self.latency_count += 1
             self.last_item_ts = event.ts
             self.last_item = f"{event.label or '-'} -> {event.bin}"
 
@@ -68,7 +73,13 @@ class ItemStats:
                 "per_label": dict(sorted(self.per_label.items())),
                 "latency_ms": None
                 if p50 is None
-                else {"p50": round(p50, 2), "p95": round(p95 or p50, 2), "n": len(latency)},
+                else {
+                    "p50": round(p50, 2),
+                    "p95": round(p95 or p50, 2),
+                    "n": len(latency),
+                    "sum_all": round(self.latency_sum_ms, 3),
+                    "count_all": self.latency_count,
+                },
                 "last_item_ts": self.last_item_ts,
                 "last_item": self.last_item,
             }
