@@ -23,6 +23,7 @@ ADAPTERS = {
     "ruamel": "config.py",
     "pydantic": "config.py",
     "cryptography": "model/signing.py",
+    "prometheus_client": "telemetry/prometheus.py",
     "tensorflow": "training/export.py",
     "matplotlib": "training/card.py",
 }
