@@ -91,6 +91,7 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
             "normalisation": "inside the model: (x - 127) / 128",
         },
         "output": {"dtype": "uint8", "kind": "probabilities", "calibration": "temperature scaling"},
+        **({"embedding": results["embedding"]} if results.get("embedding") else {}),
         "quantisation": "full-integer post-training quantisation: int8 weights and activations, "
         "uint8 input and output; representative set of "
         f"{results['training']['representative_count']} training views (half clean, half augmented)",
