@@ -109,3 +109,15 @@ def to_model_input(image_rgb: np.ndarray, size: int) -> np.ndarray:
             f"expected an RGB uint8 image of shape (H, W, 3), got {image_rgb.dtype} {image_rgb.shape}"
         )
     return np.ascontiguousarray(resize(center_square(image_rgb), size))
+
+
+def shrink_to(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """The image scaled down (area interpolation) so its longer side is at most ``max_side``;
+    the image itself when it already is."""
+    height, width = image_rgb.shape[:2]
+    longer = max(height, width)
+    if longer <= max_side:
+        return image_rgb
+    scale = max_side / longer
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
