@@ -120,25 +120,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--config", type=Path, metavar="PATH", help="config file (for the model)")
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    from bin_daemon.cli.site import add_no_site  # --no-site, --state-dir (site learning)
+
+    add_no_site(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bin_daemon.cli.site import with_site
+    from bin_daemon.config import load_config
     from bin_daemon.model.classifier import Classifier
     from bin_daemon.model.evaluate import evaluate, format_table
 
+    config = load_config(args.config)
     if args.model is not None:
         classifier = Classifier.load(args.model, num_threads=args.threads)
     else:
-        from bin_daemon.config import load_config
         from bin_daemon.loop.service import load_classifier
 
-        classifier = load_classifier(load_config(args.config))
+        classifier = load_classifier(config)
+    classifier, site_line = with_site(
+        classifier, config, state_dir=args.state_dir, no_site=args.no_site
+    )
     result = evaluate(classifier, args.dataset)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=1))
+        print(json.dumps({**result.as_dict(), "site": site_line}, indent=1))
     else:
         print(f"model {classifier.version} ({classifier.model_path})")
+        print(site_line)
         print(format_table(result))
     return 0
 

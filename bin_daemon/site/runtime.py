@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,11 @@ class SiteClassifier:
         store: SiteStore | None,
         *,
         on_progress: Callable[[], None] | None = None,
+        persist: bool = True,
     ) -> None:
+        """``persist``: store embeddings computed again (the daemon); False keeps them in
+        memory only (``classify``/``evaluate`` with another model must not rewrite the
+        daemon's store)."""
         self.classifier = classifier
         self.store = store
         self.head: SiteHead | None = None
@@ -53,6 +57,8 @@ class SiteClassifier:
         self.fit_ms = 0.0
         self._generation: int | None = None
         self._on_progress = on_progress
+        self._persist = persist
+        self._fresh: dict[int, np.ndarray] = {}
 
     # -- the classifier's interface --------------------------------------------------------
 
@@ -125,6 +131,8 @@ class SiteClassifier:
                 self.sha256[:12],
             )
         for example_id in stale:
+            if example_id in self._fresh:
+                continue
             jpeg = self.store.jpeg(example_id)
             if jpeg is None:  # removed meanwhile
                 continue
@@ -133,13 +141,22 @@ class SiteClassifier:
             except BinDaemonError as error:
                 log.warning("site example %d skipped: %s", example_id, error)
                 continue
-            self.store.set_embedding(example_id, embedding, self.sha256)
+            if self._persist:
+                self.store.set_embedding(example_id, embedding, self.sha256)
+            else:
+                self._fresh[example_id] = embedding
             if self._on_progress is not None:
                 self._on_progress()
 
     def _fit(self) -> None:
         assert self.store is not None
-        examples = [e for e in self.store.examples() if e.model_sha256 == self.sha256]
+        examples = [
+            replace(e, embedding=self._fresh[e.id], model_sha256=self.sha256)
+            if e.id in self._fresh
+            else e
+            for e in self.store.examples()
+        ]
+        examples = [e for e in examples if e.model_sha256 == self.sha256]
         self.counts = {}
         for example in examples:
             self.counts[example.label] = self.counts.get(example.label, 0) + 1
@@ -161,7 +178,7 @@ class SiteClassifier:
             model_path=getattr(self.classifier, "model_path", None),
         )
         self.problem = None
-        log.info("site head fitted: %s", self.describe())
+        log.debug("site head fitted: %s", self.describe())
 
     def describe(self) -> str:
         """One line: what the store holds and whether it is applied."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +42,28 @@ def embed_jpeg(classifier: Any, jpeg: bytes, source: str) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
-def teach(
-    store: SiteStore,
+@dataclass(frozen=True)
+class Prepared:
+    """An example ready to store: nothing is written until :meth:`SiteStore.add`."""
+
+    jpeg: bytes
+    embedding: np.ndarray
+    source: str
+    item_id: str | None
+
+
+def prepare(
     classifier: Any,
-    *,
-    label: str,
     rgb_or_path: np.ndarray | str | Path,
+    *,
     source: str | None = None,
     item_id: str | None = None,
-) -> int:
-    """Add one labelled example to ``store``; its id once it is durable.
+) -> Prepared:
+    """The JPEG to keep and its embedding; one :class:`BinDaemonError` line if unusable.
 
     ``rgb_or_path``: an image file (its bytes are kept when it is a JPEG), or an RGB uint8
     frame (encoded as JPEG). ``source`` defaults to ``item:<item_id>`` or ``file:<path>``.
-    Everything is checked before anything is written: one :class:`BinDaemonError` line
-    (an empty or unusable label, an unreadable image, a model without an embedding) and the
-    store is unchanged.
     """
-    check_label(label)
     if isinstance(rgb_or_path, str | Path):
         path = Path(rgb_or_path)
         try:
@@ -78,12 +83,35 @@ def teach(
         where = source or (f"item:{item_id}" if item_id else "frame")
     else:
         raise BinDaemonError(f"site: expected an image path or an RGB array, got {rgb_or_path!r}")
-    embedding = embed_jpeg(classifier, jpeg, where)
+    return Prepared(jpeg, embed_jpeg(classifier, jpeg, where), where, item_id)
+
+
+def add_prepared(store: SiteStore, classifier: Any, label: str, example: Prepared) -> int:
     return store.add(
         label=label,
-        jpeg=jpeg,
-        embedding=embedding,
+        jpeg=example.jpeg,
+        embedding=example.embedding,
         model_sha256=classifier.sha256,
-        source=where,
-        item_id=item_id,
+        source=example.source,
+        item_id=example.item_id,
     )
+
+
+def teach(
+    store: SiteStore,
+    classifier: Any,
+    *,
+    label: str,
+    rgb_or_path: np.ndarray | str | Path,
+    source: str | None = None,
+    item_id: str | None = None,
+) -> int:
+    """Add one labelled example to ``store``; its id once it is durable (fsynced).
+
+    Everything is checked before anything is written: one :class:`BinDaemonError` line
+    (an empty or unusable label, an unreadable image, a model without an embedding, a full
+    store) and the store is unchanged. The console's "teach" and ``site add`` both call it.
+    """
+    check_label(label)
+    example = prepare(classifier, rgb_or_path, source=source, item_id=item_id)
+    return add_prepared(store, classifier, label, example)
