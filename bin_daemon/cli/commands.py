@@ -167,6 +167,14 @@ def _with_site(classifier: Any, config: Any, args: argparse.Namespace) -> tuple[
     return module.with_site(classifier, config, state_dir=args.state_dir, no_site=args.no_site)
 
 
+def _site_store_labels(config: Any) -> list[str]:
+    """The labels the site store holds (bin_daemon/site/), for check-config; [] without one."""
+    module = _optional_module("bin_daemon.site.store")
+    if module is None or not config.site.enabled:
+        return []
+    return module.read_labels(config.site_store_path(for_cli=True))
+
+
 def _optional_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
@@ -208,7 +216,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # The model as the daemon will load it: file, card, sha256, tensor shapes and types,
     # labels against the output. A bad one is one ModelError line here, before the start.
     classifier = load_classifier(config)
-    notes = config.check_labels(classifier.labels)
+    notes = config.check_labels(classifier.labels, _site_store_labels(config))
     make_policy(config, classifier)  # an unsure threshold must come from somewhere
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -78,11 +78,13 @@ class SiteClassifier:
         """The head's recalibrated threshold, or None (keep the configured or card's one)."""
         return self.head.unsure_threshold if self.head is not None else None
 
-    def classify(self, rgb: np.ndarray) -> SitePrediction:
+    def classify(self, rgb: np.ndarray) -> Prediction:
+        """The model's prediction, with the head applied when there is one (a
+        :class:`SitePrediction`); without a head, the model's own prediction unchanged."""
         prediction = self.classifier.classify(rgb)
+        if self.head is None or getattr(prediction, "embedding", None) is None:
+            return prediction
         own = {f.name: getattr(prediction, f.name) for f in fields(Prediction)}
-        if self.head is None or prediction.embedding is None:
-            return SitePrediction(**own, site=False, model_label=prediction.label)
         decision = self.head.apply(prediction.embedding, prediction.scores)
         order = np.argsort(-decision.probs, kind="stable")
         top = [(decision.labels[i], float(decision.probs[i])) for i in order[:TOP_K]]
@@ -121,7 +123,7 @@ class SiteClassifier:
 
     def _reembed(self) -> None:
         assert self.store is not None
-        if self.classifier.embedding_size is None:
+        if getattr(self.classifier, "embedding_size", None) is None:
             return
         stale = self.store.stale(self.sha256)
         if stale:
@@ -165,7 +167,7 @@ class SiteClassifier:
             self.head = None
             self.problem = None
             return
-        if self.classifier.embedding_size is None:
+        if getattr(self.classifier, "embedding_size", None) is None:
             self._fail(
                 f"model {self.classifier.version} has no embedding output, so the "
                 f"{len(examples)} site examples cannot be applied"
