@@ -106,6 +106,24 @@ def add_embedding_output(data: bytes) -> tuple[bytes, dict[str, Any]]:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), describe(model, index)
 
 
+def remove_embedding_output(data: bytes) -> bytes:
+    """The inverse of :func:`add_embedding_output`: the model with its first output only.
+
+    On the shipped model this gives back, byte for byte, the model the output was added to
+    (its card's ``embedding.added_to_sha256``): the proof that nothing else changed.
+    """
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    graph = model.subgraphs[0]
+    graph.outputs = np.array([int(graph.outputs[0])], dtype=np.int32)
+    for signature in model.signatureDefs or []:
+        signature.outputs = [
+            entry
+            for entry in signature.outputs or []
+            if entry.name != EMBEDDING_OUTPUT_NAME.encode()
+        ]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def embedding_entry(data: bytes) -> dict[str, Any] | None:
     """The card's ``embedding`` entry of a model that has the output (else None)."""
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
