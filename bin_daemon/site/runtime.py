@@ -152,12 +152,23 @@ class SiteClassifier:
 
     def _fit(self) -> None:
         assert self.store is not None
+        stored = self.store.examples()
+        if stored and getattr(self.classifier, "embedding_size", None) is None:
+            self.examples, self.counts = 0, {}
+            self._fail(
+                f"model {self.classifier.version} has no embedding output, so the "
+                f"{len(stored)} site examples cannot be applied"
+            )
+            return
         examples = [
             replace(e, embedding=self._fresh[e.id], model_sha256=self.sha256)
             if e.id in self._fresh
             else e
-            for e in self.store.examples()
+            for e in stored
         ]
+        skipped = sum(e.model_sha256 != self.sha256 for e in examples)
+        if skipped:  # their JPEG could not be embedded again (logged)
+            log.warning("site store: %d examples left out (not embedded by this model)", skipped)
         examples = [e for e in examples if e.model_sha256 == self.sha256]
         self.counts = {}
         for example in examples:
@@ -166,12 +177,6 @@ class SiteClassifier:
         if not examples:
             self.head = None
             self.problem = None
-            return
-        if getattr(self.classifier, "embedding_size", None) is None:
-            self._fail(
-                f"model {self.classifier.version} has no embedding output, so the "
-                f"{len(examples)} site examples cannot be applied"
-            )
             return
         self.head = SiteHead.fit(
             np.stack([e.embedding for e in examples]),
