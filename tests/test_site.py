@@ -526,3 +526,15 @@ def test_the_daemon_refits_between_items_when_the_store_changes(tmp_path, real, 
     decision = service._decide("bottle", 0.6)
     assert decision.bin == "glass" and not decision.unsure
     service._close_site()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as `sudo bin-daemon site add` runs")
+def test_sudo_site_add_leaves_the_store_to_the_service_user(tmp_path, capsys, samples_dir):
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4321, 4321)  # the bin-daemon user's folder
+    code, _, _ = run_cli(capsys, "site", "add", "--label", "glass", "--state-dir", str(state),
+                         str(glass(samples_dir)[0]))  # fmt: skip
+    assert code == 0
+    owners = {p.name: p.stat().st_uid for p in state.iterdir()}
+    assert owners and set(owners.values()) == {4321}, owners

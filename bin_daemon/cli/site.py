@@ -10,7 +10,9 @@ writes any: a bad one is one line and nothing is added.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,7 +113,24 @@ def spool_dir(config: Any, state_dir: Path | None) -> Path:
 def open_store(config: Any, state_dir: Path | None) -> Any:
     from bin_daemon.site.store import SiteStore
 
-    return SiteStore(store_path(config, state_dir), quota_mb=config.site.quota_mb)
+    store = SiteStore(store_path(config, state_dir), quota_mb=config.site.quota_mb)
+    _give_to_folder_owner(store.path)
+    return store
+
+
+def _give_to_folder_owner(path: Path) -> None:
+    """Run as root (sudo) on the service's folder: the store's files keep belonging to the
+    folder's owner (the bin-daemon user), so the daemon can still write them."""
+    if os.geteuid() != 0:
+        return
+    folder = path.parent.stat()
+    if folder.st_uid == 0:
+        return
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        target = path.parent / name
+        with contextlib.suppress(FileNotFoundError):
+            if target.stat().st_uid != folder.st_uid:
+                os.chown(target, folder.st_uid, folder.st_gid)
 
 
 def with_site(
