@@ -400,7 +400,7 @@ def test_cli_add_from_the_spool_by_item_id(tmp_path, capsys, samples_dir):
     [
         (["--item", "20261124T081500123Z-a1b2c3-0042"], "no spooled frame in"),
         (["--item", "../../etc/passwd"], "not an item id"),
-        (["README.md"], "README.md: not a decodable image"),
+        ([str(REPO / "README.md")], "README.md: not a decodable image"),
         (["nowhere.jpg"], "nowhere.jpg: cannot read"),
     ],
 )
