@@ -85,7 +85,11 @@ class SiteClassifier:
         if self.head is None or getattr(prediction, "embedding", None) is None:
             return prediction
         own = {f.name: getattr(prediction, f.name) for f in fields(Prediction)}
-        decision = self.head.apply(prediction.embedding, prediction.scores)
+        try:
+            decision = self.head.apply(prediction.embedding, prediction.scores)
+        except BinDaemonError as error:  # the item still gets the model's own label
+            self._fail(str(error))
+            return prediction
         order = np.argsort(-decision.probs, kind="stable")
         top = [(decision.labels[i], float(decision.probs[i])) for i in order[:TOP_K]]
         own.update(label=top[0][0], confidence=top[0][1], top=top, scores=decision.probs)
