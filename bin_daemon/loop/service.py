@@ -442,7 +442,7 @@ class Service:
         return site_labels(site) if site is not None else []
 
     def _refresh_site(self) -> None:
-        """Between items: refit the head if the store changed (at most every few seconds)."""
+        """Between items: refit the head if the store changed (at most every SITE_CHECK_EVERY_S)."""
         now = self._monotonic()
         if self.site is None or now - self._site_checked < SITE_CHECK_EVERY_S:
             return

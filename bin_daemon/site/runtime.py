@@ -63,6 +63,8 @@ class SiteClassifier:
     # -- the classifier's interface --------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:  # model_path, version, card, runtime, ...
+        if name == "classifier":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.classifier, name)
 
     @property
