@@ -110,7 +110,10 @@ def teach(
 
     Everything is checked before anything is written: one :class:`BinDaemonError` line
     (an empty or unusable label, an unreadable image, a model without an embedding, a full
-    store) and the store is unchanged. The console's "teach" and ``site add`` both call it.
+    store) and the store is unchanged. The console's "teach" and ``site add`` both call it;
+    ``classifier`` is a loaded :class:`~bin_daemon.model.classifier.Classifier` or the
+    daemon's :class:`~bin_daemon.site.runtime.SiteClassifier` (the model's embedding either
+    way).
     """
     check_label(label)
     example = prepare(classifier, rgb_or_path, source=source, item_id=item_id)
