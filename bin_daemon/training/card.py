@@ -191,7 +191,14 @@ def render_markdown(card: dict) -> str:
         f"Classifies one photo of a single waste item into {', '.join(card['labels'])}. "
         f"Input: {card['input']['shape']} {card['input']['dtype']} {card['input']['color']} pixels, "
         f"{card['input']['transform']}; {card['input']['normalisation']}. Output: calibrated "
-        f"probabilities (softmax of logits / {card['temperature']}), uint8.",
+        f"probabilities (softmax of logits / {card['temperature']}), uint8."
+        + (
+            f" Second output: the {card['embedding']['size']}-value pooled embedding before the "
+            f"classifier layer ({card['embedding']['dtype']}, tensor "
+            f"`{card['embedding']['tensor']}`), which site learning reads (README, Site learning)."
+            if card.get("embedding")
+            else ""
+        ),
         "",
         f"Quantisation: {card['quantisation']}.",
         "",
