@@ -304,6 +304,26 @@ class EventLogConfig(_Section):
     )
 
 
+# --- site learning (bin_daemon/site/) ------------------------------------------------------
+class SiteConfig(_Section):
+    enabled: bool = Field(
+        True,
+        description="Apply what the site taught (bin-daemon site add) to every item; false = "
+        "the model alone",
+    )
+    path: Path | None = Field(
+        None,
+        description="SQLite site store; null = $STATE_DIRECTORY/site.sqlite3 under systemd, "
+        "else ~/.local/state/bin-daemon/site.sqlite3",
+    )
+    quota_mb: float = Field(
+        50, gt=0, le=10000, description="`site add` is refused beyond this size (JPEGs kept)"
+    )
+
+
+# -------------------------------------------------------------------------------------------
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error"
@@ -406,6 +426,7 @@ class Config(_Section):
     timing: TimingConfig = Field(default_factory=TimingConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     event_log: EventLogConfig = Field(default_factory=EventLogConfig)
+    site: SiteConfig = Field(default_factory=SiteConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     source: str = Field("<built-in>", exclude=True, description="Where this config was read")
@@ -486,24 +507,33 @@ class Config(_Section):
         """label -> bin name, for every label listed in a bin."""
         return {label: name for name, b in self.bins.items() for label in b.labels}
 
-    def check_labels(self, model_labels: Sequence[str]) -> list[str]:
-        """Check the bins against the labels a model can output.
+    def check_labels(
+        self, model_labels: Sequence[str], site_labels: Sequence[str] = ()
+    ) -> list[str]:
+        """Check the bins against the labels the model and the site store can output.
 
-        A label listed in a bin that the model does not know (a typo) is an error; a model
-        label no bin lists goes to the fallback bin, returned as a warning line.
+        A label listed in a bin that neither knows (a typo, or a site label not taught yet)
+        is an error naming it; a known label no bin lists goes to the fallback bin, returned
+        as a warning line.
         """
-        known = set(model_labels)
+        site_only = [label for label in site_labels if label not in model_labels]
+        known = set(model_labels) | set(site_only)
         for name, b in self.bins.items():
             unknown = [label for label in b.labels if label not in known]
             if unknown:
+                site = (
+                    f" nor the site store's ({', '.join(site_only)})"
+                    if site_only
+                    else " nor taught to the site store (bin-daemon site add --label ...)"
+                )
                 raise ConfigError(
                     f"{self.source}: bins.{name}.labels: {', '.join(map(repr, unknown))} "
-                    f"not among the model's labels ({', '.join(model_labels)})"
+                    f"not among the model's labels ({', '.join(model_labels)}){site}"
                 )
         listed = self.bin_for_label()
         return [
             f"label '{label}' is in no bin: it goes to the fallback bin '{self.fallback_bin}'"
-            for label in model_labels
+            for label in [*model_labels, *site_only]
             if label not in listed
         ]
 
@@ -518,6 +548,17 @@ class Config(_Section):
         path = self.event_log.path
         if path is None:
             return default_path()
+        if path.is_absolute() or self.source.startswith("<"):
+            return path
+        return Path(self.source).parent / path
+
+    def site_store_path(self, *, for_cli: bool = False) -> Path:
+        """The site store: site.path, else in the state folder (bin_daemon.site.store)."""
+        from bin_daemon.site.store import default_path
+
+        path = self.site.path
+        if path is None:
+            return default_path(for_cli=for_cli)
         if path.is_absolute() or self.source.startswith("<"):
             return path
         return Path(self.source).parent / path

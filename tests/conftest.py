@@ -14,6 +14,13 @@ SAMPLES_DIR = TESTS_DIR / "data" / "samples"
 FIXTURE_MODELS_DIR = TESTS_DIR / "data" / "models"
 
 
+@pytest.fixture(autouse=True)
+def _state_in_tmp(tmp_path_factory, monkeypatch):
+    """The user's state folder (site store, event log) of every test, and of the daemons
+    tests start, is a temporary one: no test writes to ~/.local/state."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg_state")))
+
+
 @pytest.fixture
 def pin_factory():
     """gpiozero mock pins with PWM, closed and reset after the test (no GPIOPinInUse)."""

@@ -76,6 +76,9 @@ def test_writes_a_full_integer_model_with_its_card(trained):
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8
     assert interpreter.get_output_details()[0]["dtype"] == np.uint8
     assert list(interpreter.get_output_details()[0]["shape"]) == [1, 6]
+    # the second output: the pooled embedding the site store learns from (card: embedding)
+    assert list(interpreter.get_output_details()[1]["shape"]) == [1, 1280]
+    assert card["embedding"]["size"] == 1280 and card["embedding"]["dtype"] == "int8"
     float_tensors = [
         t["name"] for t in interpreter.get_tensor_details() if t["dtype"] == np.float32
     ]

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TFLite's reference integer kernels instead of XNNPACK: slower, bit-exact across "
         "CPUs (for cross-architecture checks)",
     )
+    _add_site_options(classify)
     classify.set_defaults(func=cmd_classify)
 
     lid = sub.add_parser("lid", help="move one bin's lid (calibration)")
@@ -151,13 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
     # --- commands that live in other modules, registered when they exist ----------------
     # bin_daemon/cli/model.py: `model install|rollback|status` (the Pi's model store);
     # bin_daemon/cli/ml.py: `train` and `evaluate` (the ML side); bin_daemon/cli/fleet.py:
-    # `fleet watch` (MQTT). The CLI works without them.
-    for module_name in ("model", "ml", "fleet"):
+    # `fleet watch` (MQTT); bin_daemon/cli/site.py: `site add|list|remove|export`. The CLI
+    # works without them.
+    for module_name in ("model", "ml", "fleet", "site"):
         module = _optional_module(f"bin_daemon.cli.{module_name}")
         if module is not None:
             module.add_parser(sub)
     # --------------------------------------------------------------------------------------
     return parser
+
+
+def _add_site_options(parser: argparse.ArgumentParser) -> None:
+    """--no-site and --state-dir (bin_daemon/cli/site.py), when site learning is there."""
+    module = _optional_module("bin_daemon.cli.site")
+    if module is not None:
+        module.add_no_site(parser)
+
+
+def _with_site(classifier: Any, config: Any, args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The classifier with the site store applied (when it has examples), and what was applied."""
+    module = _optional_module("bin_daemon.cli.site")
+    if module is None:
+        return classifier, None
+    return module.with_site(classifier, config, state_dir=args.state_dir, no_site=args.no_site)
+
+
+def _site_store_labels(config: Any) -> list[str]:
+    """The labels the site store holds (bin_daemon/site/), for check-config; [] without one."""
+    module = _optional_module("bin_daemon.site.store")
+    if module is None or not config.site.enabled:
+        return []
+    return module.read_labels(config.site_store_path(for_cli=True))
 
 
 def _optional_module(name: str) -> Any:
@@ -204,7 +229,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # The model as the daemon will load it: file, card, sha256, tensor shapes and types,
     # labels against the output. A bad one is one ModelError line here, before the start.
     classifier = load_classifier(config)
-    notes = config.check_labels(classifier.labels)
+    notes = config.check_labels(classifier.labels, _site_store_labels(config))
     make_policy(config, classifier)  # an unsure threshold must come from somewhere
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -228,6 +253,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from bin_daemon.loop.service import load_classifier
     from bin_daemon.model.preprocess import load_image
 
+    config = load_config(args.config)
     if args.model is not None:
         from bin_daemon.model.classifier import Classifier
 
@@ -235,10 +261,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
             args.model, num_threads=2, reference_kernels=args.reference_kernels
         )
     else:
-        classifier = load_classifier(
-            load_config(args.config), reference_kernels=args.reference_kernels
-        )
-    threshold = classifier.card_unsure_threshold or 0.0
+        classifier = load_classifier(config, reference_kernels=args.reference_kernels)
+    classifier, site_line = _with_site(classifier, config, args)
+    if site_line is not None and not args.json:
+        print(site_line)
+    threshold = getattr(classifier, "unsure_threshold", None) or (
+        classifier.card_unsure_threshold or 0.0
+    )
     results = []
     failed = 0
     for path in args.images:
@@ -257,10 +286,15 @@ def cmd_classify(args: argparse.Namespace) -> int:
             "unsure": prediction.confidence < threshold,
             "top": [{"label": name, "score": round(score, 4)} for name, score in prediction.top],
         }
+        if hasattr(prediction, "site"):  # the site store was applied
+            result["site"] = prediction.site
+            result["model_label"] = prediction.model_label
         results.append(result)
         if not args.json:
             others = ", ".join(f"{name} {score:.2f}" for name, score in prediction.top[1:])
             mark = "  (unsure)" if result["unsure"] else ""
+            if result.get("site"):
+                mark += f"  (site: the model said {prediction.model_label})"
             print(f"{path}: {prediction.label} {prediction.confidence:.2f}{mark}  [{others}]")
     if args.json:
         print(json.dumps(results, indent=1))

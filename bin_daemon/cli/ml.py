@@ -6,6 +6,7 @@ Training needs the ``[train]`` extra (TensorFlow); it is imported only when `tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -140,10 +141,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    from bin_daemon.cli.site import add_no_site  # --no-site, --state-dir (site learning)
+
+    add_no_site(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bin_daemon.cli.site import with_site
     from bin_daemon.config import load_config
     from bin_daemon.loop.service import load_classifier, make_policy
     from bin_daemon.model.classifier import Classifier
@@ -162,13 +167,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise BinDaemonError(f"--unsure-threshold {args.unsure_threshold}: expected 0 to 1")
         model = config.model.model_copy(update={"unsure_threshold": args.unsure_threshold})
         config = config.model_copy(update={"model": model})
+    tta = classifier.tta
+    classifier, site_line = with_site(
+        classifier, config, state_dir=args.state_dir, no_site=args.no_site
+    )
     policy = make_policy(config, classifier)
+    head_threshold = getattr(classifier, "unsure_threshold", None)
+    if head_threshold is not None and config.model.unsure_threshold is None:
+        policy = dataclasses.replace(policy, unsure_threshold=head_threshold)
     result = evaluate(classifier, args.dataset, policy=policy)
     if args.json:
-        print(json.dumps({**result.as_dict(), "tta": classifier.tta}, indent=1))
+        print(json.dumps({**result.as_dict(), "tta": tta, "site": site_line}, indent=1))
     else:
-        tta = "" if classifier.tta == "none" else f", tta {classifier.tta}"
-        print(f"model {classifier.version} ({classifier.model_path}{tta})")
+        suffix = "" if tta == "none" else f", tta {tta}"
+        print(f"model {classifier.version} ({classifier.model_path}{suffix})")
+        print(site_line)
         print(format_table(result))
     return 0
 

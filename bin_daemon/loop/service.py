@@ -6,6 +6,12 @@ the run after the current item (a lid's hold is cut short, its close never is), 
 0. SIGHUP reloads the config and the model between items; if the new ones are bad the old
 ones stay.
 
+Site learning (``bin_daemon/site/``): the site store is opened at start and its head fitted;
+between items, at most every ``SITE_CHECK_EVERY_S``, the store's change counter is read
+(one tiny SQLite query) and the head refitted when ``bin-daemon site add|remove`` changed
+it, so no restart or SIGHUP is needed. A SIGHUP or a roll-out that changes the model
+re-embeds the stored examples from their JPEGs with the new model.
+
 Health: WATCHDOG=1 is sent only from the loop's own thread, when it makes progress (a poll,
 a slice of a wait), so a hung camera or classifier silences it and systemd restarts the
 service. A lid guard (``lidguard.py``) closes any lid open longer than
@@ -15,6 +21,7 @@ reported as ``STATUS=degraded: ...`` and clear when the device recovers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import signal
@@ -33,6 +40,7 @@ from bin_daemon.hardware.clock import SystemClock
 from bin_daemon.hardware.fakes import FakeClock
 from bin_daemon.hardware.ports import Clock, Frame
 from bin_daemon.loop.lidguard import LidGuard
+from bin_daemon.loop.overflow import route_around_full
 from bin_daemon.loop.policy import Policy
 from bin_daemon.loop.sorter import CameraRetry, Sorter, Timing
 from bin_daemon.model.classifier import Classifier
@@ -49,6 +57,8 @@ WATCHDOG_EVERY_S = 1.0
 """At most this long between WATCHDOG=1 pings while the loop is healthy (or half WatchdogSec)."""
 LID_GUARD_EVERY_S = 0.5
 """The lid guard's timer: how often it checks, whatever the loop is doing."""
+SITE_CHECK_EVERY_S = 1.0
+"""How often, between items, the site store's change counter is read."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,10 @@ class Service:
         self.last_reload_error: str | None = None
         self.fill: Any = None
         """bin_daemon.hardware.fill.FillMonitor when a bin has a fill sensor (issue 16)."""
+        self.site: Any = None
+        """bin_daemon.site.runtime.SiteClassifier: the model with the site head applied."""
+        self._policy: Policy | None = None
+        self._site_checked = float("-inf")
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -220,9 +234,11 @@ class Service:
         self._journal = journal.use_journal(config.logging.journal)
         journal.setup_logging(config.logging.level, journal=self._journal)
         classifier = self._load_classifier(config)
-        for warning in config.check_labels(classifier.labels):
+        self.site = self._open_site(config, classifier)
+        for warning in config.check_labels(classifier.labels, self._site_labels()):
             log.warning("%s", warning)
         policy = make_policy(config, classifier)
+        self._policy = policy
         log.info(
             "model %s %s (sha256 %s, %s), unsure below %.2f",
             classifier.model_path.name,
@@ -280,8 +296,8 @@ class Service:
             self.sorter = Sorter(
                 sensor=hardware.sensor,
                 camera=hardware.camera,
-                classifier=classifier,
-                decide=self._decide(config, policy),
+                classifier=self.site,
+                decide=self._decide,
                 lids=lids,
                 timing=make_timing(config),
                 clock=self.clock,
@@ -327,6 +343,7 @@ class Service:
                 self._stop_telemetry()
                 if self.event_log is not None:
                     self.event_log.close()
+                self._close_site()
             log.info("stopped: all lids closed")
             if self.sorter is not None and not self._journal:
                 print(self._summary(), file=self.stdout, flush=True)
@@ -344,6 +361,7 @@ class Service:
                 self._apply_rollout(*self._swaps.get_nowait())
                 poll_interval_s = self._config.timing.poll_interval_s
             self._heartbeat()
+            self._refresh_site()
             event = self.sorter.poll()
             if self.fill is not None:  # fill levels: between items only, never waiting
                 if event is not None:
@@ -378,9 +396,15 @@ class Service:
         try:
             config = load_config(self.options.config_path)
             classifier = self._load_classifier(config)
-            for warning in config.check_labels(classifier.labels):
-                log.warning("%s", warning)
-            policy = make_policy(config, classifier)
+            site = self._open_site(config, classifier)
+            try:
+                for warning in config.check_labels(classifier.labels, self._site_labels(site)):
+                    log.warning("%s", warning)
+                policy = make_policy(config, classifier)
+            except BinDaemonError:
+                if site.store is not None:
+                    site.store.close()
+                raise
         except BinDaemonError as error:
             log.error("reload failed, keeping the running config and model: %s", error)
             self.last_reload_error = str(error)
@@ -393,8 +417,11 @@ class Service:
         if config.telemetry != self._config.telemetry:
             log.warning("telemetry settings changed: restart the service to apply them")
         journal.setup_logging(config.logging.level, journal=self._journal)
-        self.sorter.classifier = classifier
-        self.sorter.decide = self._decide(config, policy)
+        self._close_site()
+        self.site = site
+        self._policy = policy
+        self.sorter.classifier = site
+        self.sorter.decide = self._decide
         self.sorter.timing = make_timing(config)
         self.sorter.camera_retry = make_camera_retry(config)
         if self.lid_guard is not None:
@@ -420,15 +447,69 @@ class Service:
             on_change=lambda: self.notifier.status(self._status()),
         )
 
-    def _decide(self, config: Config, policy: Policy) -> Callable[[str | None, float], Any]:
-        """The policy, with full bins routed to their overflow when fill sensors are there."""
-        if self.fill is None:
-            return policy.decide
-        from bin_daemon.loop.overflow import with_overflow
+    # -- site learning (bin_daemon/site/) --------------------------------------------------
 
-        return with_overflow(  # the monitor's overflow: fill settings apply at a restart
-            policy.decide, self.fill.full_bins, self.fill.overflow, config.fallback_bin
+    def _open_site(self, config: Config, classifier: Classifier) -> Any:
+        """The classifier wrapped with the site store's head (fitted now). Without a store
+        (site.enabled false, or it cannot be opened: logged) it is the model alone."""
+        from bin_daemon.site.runtime import SiteClassifier
+        from bin_daemon.site.store import SiteStore
+
+        store = None
+        if config.site.enabled:
+            try:
+                store = SiteStore(config.site_store_path(), quota_mb=config.site.quota_mb)
+            except BinDaemonError as error:
+                log.error("%s; sorting goes on with the model alone", error)
+        site = SiteClassifier(classifier, store, on_progress=self._heartbeat)
+        site.refresh(force=True)
+        log.info("%s", site.describe())
+        self._site_checked = self._monotonic()
+        return site
+
+    def _site_labels(self, site: Any = None) -> list[str]:
+        from bin_daemon.site.runtime import site_labels
+
+        site = site or self.site
+        return site_labels(site) if site is not None else []
+
+    def _refresh_site(self) -> None:
+        """Between items: refit the head if the store changed (at most every SITE_CHECK_EVERY_S)."""
+        now = self._monotonic()
+        if self.site is None or now - self._site_checked < SITE_CHECK_EVERY_S:
+            return
+        self._site_checked = now
+        if self.site.refresh():
+            log.info(
+                "site store changed: %s (refit %.0f ms)", self.site.describe(), self.site.fit_ms
+            )
+
+    def _decide(self, label: str | None, confidence: float) -> Any:
+        """The policy, with the site head's unsure threshold when it gives one (a threshold
+        set in the config wins over both the head's and the card's), and full bins routed
+        to their overflow when fill sensors are there."""
+        assert self._policy is not None
+        policy = self._policy
+        threshold = self.site.unsure_threshold if self.site is not None else None
+        if threshold is not None and self._config_threshold() is None:
+            policy = dataclasses.replace(policy, unsure_threshold=threshold)
+        if self.fill is None:
+            return policy.decide(label, confidence)
+        # full bins routed to their overflow (fill settings apply at a restart)
+        return route_around_full(
+            policy.decide(label, confidence),
+            full=self.fill.full_bins(),
+            overflow=self.fill.overflow,
+            fallback_bin=policy.fallback_bin,
         )
+
+    def _config_threshold(self) -> float | None:
+        config = getattr(self, "_config", None)
+        return config.model.unsure_threshold if config is not None else None
+
+    def _close_site(self) -> None:
+        if self.site is not None and self.site.store is not None:
+            self.site.store.close()
 
     # -- telemetry and roll-outs (bin_daemon/telemetry/) -----------------------------------
 

@@ -294,6 +294,8 @@ class Sorter:
         confidence = 0.0
         top: list[dict[str, object]] = []
         error: str | None = None
+        site = False  # the site head changed the model's label
+        model_label: str | None = None
         capture_ms = classify_ms = preprocess_ms = 0.0
         try:
             frame = self._capture(trigger)
@@ -304,6 +306,8 @@ class Sorter:
             preprocess_ms = getattr(prediction, "preprocess_ms", 0.0)
             label, confidence = prediction.label, prediction.confidence
             top = [{"label": name, "score": round(score, 4)} for name, score in prediction.top]
+            site = bool(getattr(prediction, "site", False))
+            model_label = getattr(prediction, "model_label", None)
         except Exception as failure:  # the item is on the flap: it must go somewhere
             known = isinstance(failure, BinDaemonError)
             error = str(failure) if known else f"{type(failure).__name__}: {failure}"
@@ -334,6 +338,8 @@ class Sorter:
             seq=self._seq,
             reason=choice.reason,
             error=error,
+            site=site,
+            extra={"model_label": model_label} if site else {},
         )
         return event, frame
 

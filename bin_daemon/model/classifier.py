@@ -49,6 +49,9 @@ class Prediction:
     """All probabilities (float), in label order."""
     preprocess_ms: float = 0.0
     """Time spent cropping, resizing and quantising the frame (part of a classify call)."""
+    embedding: np.ndarray | None = None
+    """The model's second output, dequantised: float32 (D,) pooled features before the
+    classifier layer, NOT normalised. None for a model without that output."""
 
 
 def load_interpreter_class() -> tuple[type, str]:
@@ -128,7 +131,8 @@ class Classifier:
         threshold = card.get("unsure_threshold")
         self.card_unsure_threshold = float(threshold) if threshold is not None else None
         inp = interpreter.get_input_details()[0]
-        out = interpreter.get_output_details()[0]
+        outputs = interpreter.get_output_details()
+        out = outputs[0]
         self._input_index = inp["index"]
         self._input_dtype = inp["dtype"]
         self._input_q = tuple(inp["quantization"])
@@ -140,6 +144,13 @@ class Classifier:
         self._output_index = out["index"]
         self._output_q = tuple(out["quantization"])
         self.input_size = int(inp["shape"][1])
+        embedding = outputs[1] if len(outputs) > 1 else None
+        self._embedding_index = embedding["index"] if embedding is not None else None
+        self._embedding_q = tuple(embedding["quantization"]) if embedding is not None else (0, 0)
+        self.embedding_size: int | None = (
+            int(embedding["shape"][-1]) if embedding is not None else None
+        )
+        """D of ``Prediction.embedding``; None when the model has no embedding output."""
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -240,6 +251,10 @@ class Classifier:
         self._interpreter.invoke()
         raw = self._interpreter.get_tensor(self._output_index)[0]
         scores = dequantize(raw, self._output_q)
+        embedding = None
+        if self._embedding_index is not None:  # the same invoke(): no second inference
+            raw_embedding = self._interpreter.get_tensor(self._embedding_index)[0]
+            embedding = dequantize(raw_embedding, self._embedding_q).astype(np.float32)
         order = np.argsort(-scores, kind="stable")
         top = [(self.labels[i], float(scores[i])) for i in order[:TOP_K]]
         return Prediction(
@@ -248,6 +263,7 @@ class Classifier:
             top=top,
             scores=scores,
             preprocess_ms=preprocess_ms,
+            embedding=embedding,
         )
 
 
@@ -348,10 +364,12 @@ def _read_model_bytes(path: Path) -> bytes:
 def _check_tensors(interpreter: Any, path: Path, labels: list[str], card: dict[str, Any]) -> None:
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
+    if len(inputs) != 1 or len(outputs) not in (1, 2):
         raise ModelError(
-            f"{path}: expected 1 input and 1 output tensor, found {len(inputs)} and {len(outputs)}"
+            f"{path}: expected 1 input and 1 output tensor (2 with the embedding), found "
+            f"{len(inputs)} and {len(outputs)}"
         )
+    _check_embedding(outputs[1] if len(outputs) == 2 else None, path, card)
     inp, out = inputs[0], outputs[0]
     shape = tuple(int(d) for d in inp["shape"])
     card_size = (card.get("input") or {}).get("size")
@@ -387,4 +405,35 @@ def _check_tensors(interpreter: Any, path: Path, labels: list[str], card: dict[s
     if out["dtype"] not in (np.uint8, np.int8, np.float32):
         raise ModelError(
             f"{path}: output type {np.dtype(out['dtype']).name}, expected uint8, int8 or float32"
+        )
+
+
+def _check_embedding(out: dict[str, Any] | None, path: Path, card: dict[str, Any]) -> None:
+    """The optional second output: the pooled embedding, shape (1, D), as the card says."""
+    described = card.get("embedding")
+    if out is None:
+        if isinstance(described, dict):
+            raise ModelError(
+                f"{path}: its card describes an embedding output "
+                f"({described.get('tensor', '?')}) but the model has only one output; "
+                "re-export it with bin_daemon.training.embedding_output"
+            )
+        return
+    shape = tuple(int(d) for d in out["shape"])
+    size = described.get("size") if isinstance(described, dict) else None
+    if len(shape) != 2 or shape[0] != 1 or shape[1] < 1:
+        raise ModelError(
+            f"{path}: output 1 (the embedding, {out['name']}) has shape {shape}, "
+            f"expected (1, D){f' with D = {size}' if size else ''}: the pooled features "
+            "before the classifier layer"
+        )
+    if isinstance(size, int) and shape[1] != size:
+        raise ModelError(
+            f"{path}: output 1 (the embedding, {out['name']}) has {shape[1]} values but its "
+            f"card says embedding.size {size}"
+        )
+    if out["dtype"] not in (np.uint8, np.int8, np.float32):
+        raise ModelError(
+            f"{path}: the embedding output's type is {np.dtype(out['dtype']).name}, expected "
+            "int8, uint8 or float32"
         )

@@ -113,6 +113,18 @@ def to_model_input(image_rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(resize(center_square(image_rgb), size))
 
 
+def shrink_longer_side(image_rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """The image scaled down (area interpolation) so its longer side is at most ``max_side``;
+    the image itself when it already is."""
+    height, width = image_rgb.shape[:2]
+    longer = max(height, width)
+    if longer <= max_side:
+        return image_rgb
+    scale = max_side / longer
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
+
+
 # ---------------------------------------------- pixel operations for training's augmentation
 
 

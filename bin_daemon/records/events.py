@@ -34,6 +34,9 @@ class SortEvent:
     lid: str = "pending"
     """What the lid did: completed | hold cut short (stopping) | not opened (stopping) | failed."""
     error: str | None = None
+    site: bool = False
+    """The site store's head changed the model's decision (``extra["model_label"]`` then
+    holds the model's own label)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,6 +55,8 @@ class SortEvent:
         else:
             what = f"{self.label:<10} {self.confidence:.2f}"
         mark = "  UNSURE" if self.unsure else ""
+        if self.site:
+            mark += f"  SITE (model: {self.extra.get('model_label', '?')})"
         lat = self.latency_ms
         detail = f"capture {lat.get('capture', 0):.0f} ms, classify {lat.get('classify', 0):.0f} ms"
         if self.error:

@@ -83,6 +83,7 @@ def journal_fields(event: SortEvent) -> dict[str, Any]:
         "MODEL": event.model,
         "FRAME_SOURCE": str(event.frame_source),
         "LID": event.lid,
+        "SITE": int(event.site),
         "EVENT_JSON": event.to_json(),
     }
     if event.error:

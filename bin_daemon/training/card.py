@@ -91,6 +91,7 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
             "normalisation": "inside the model: (x - 127) / 128",
         },
         "output": {"dtype": "uint8", "kind": "probabilities", "calibration": "temperature scaling"},
+        **({"embedding": results["embedding"]} if results.get("embedding") else {}),
         "quantisation": "full-integer post-training quantisation: int8 weights and activations, "
         "uint8 input and output; representative set of "
         f"{results['training']['representative_count']} training views (half clean, half augmented)",
@@ -190,7 +191,14 @@ def render_markdown(card: dict) -> str:
         f"Classifies one photo of a single waste item into {', '.join(card['labels'])}. "
         f"Input: {card['input']['shape']} {card['input']['dtype']} {card['input']['color']} pixels, "
         f"{card['input']['transform']}; {card['input']['normalisation']}. Output: calibrated "
-        f"probabilities (softmax of logits / {card['temperature']}), uint8.",
+        f"probabilities (softmax of logits / {card['temperature']}), uint8."
+        + (
+            f" Second output: the {card['embedding']['size']}-value pooled embedding before the "
+            f"classifier layer ({card['embedding']['dtype']}, tensor "
+            f"`{card['embedding']['tensor']}`), which site learning reads (README, Site learning)."
+            if card.get("embedding")
+            else ""
+        ),
         "",
         f"Quantisation: {card['quantisation']}.",
         "",

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from bin_daemon.training.embedding_output import add_embedding_output
+
 
 def inference_model(features: keras.Model, head: layers.Layer, temperature: float) -> keras.Model:
     """Pixels -> calibrated probabilities: softmax(logits / temperature)."""
@@ -36,7 +38,17 @@ def _quiet_stdout() -> Iterator[None]:
 
 
 def to_int8_tflite(model: keras.Model, representative: np.ndarray) -> bytes:
-    """Convert with a representative set of model inputs (N, S, S, 3) uint8."""
+    """Convert with a representative set of model inputs (N, S, S, 3) uint8.
+
+    The result has two outputs: the probabilities, then the pooled embedding that feeds the
+    classifier layer (:mod:`bin_daemon.training.embedding_output`; the daemon's site store
+    reads it). Adding it after conversion keeps the order fixed and the probabilities
+    exactly those of the one-output model.
+    """
+    return add_embedding_output(_to_int8_tflite(model, representative))[0]
+
+
+def _to_int8_tflite(model: keras.Model, representative: np.ndarray) -> bytes:
 
     def samples() -> Iterator[list[np.ndarray]]:
         for image in representative:

@@ -31,6 +31,7 @@ from bin_daemon.training.data import (
     load_for_training,
     load_model_inputs,
 )
+from bin_daemon.training.embedding_output import embedding_entry
 from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
 from bin_daemon.training.split import (
     dataset_hash,
@@ -321,6 +322,7 @@ def train(settings: TrainSettings) -> dict:
             "threads": settings.threads,
         },
         "size_bytes": {"int8": len(int8_bytes), "float": len(float_bytes)},
+        "embedding": embedding_entry(int8_bytes),
         "dataset": {
             "root": str(settings.data),
             "hash": dataset_hash(all_samples),

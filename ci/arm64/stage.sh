@@ -16,7 +16,8 @@
 # 2. Runs deploy/install.sh --chroot in a throwaway overlay of the arm64 root: apt-get, the
 #    service user, the venv, pip (aarch64 wheels from PyPI), the config, the model store
 #    with the shipped model's self-test, systemctl enable. Pi-only steps are reported.
-# 3. On arm64: check-config, classify --json on tests/data/samples, run --hardware fake.
+# 3. On arm64: check-config, classify --json on tests/data/samples, run --hardware fake
+#    (classify with --no-site: the model alone, whatever site store the machine has).
 # 4. Compares the arm64 classifications with this machine's (ci/arm64/golden.py).
 # 5. Runs install.sh in the armhf root: it must refuse 32-bit Raspberry Pi OS by name.
 # Mounts (/proc, /sys, /dev, the overlay) are always undone, on failure too.
@@ -364,13 +365,13 @@ step_classify_arm64() {
   out=$LOG_DIR/classify-arm64-$cpu${kernels:+-$kernels}.json
   [[ $kernels == ref ]] && flag=--reference-kernels
   QEMU_CPU_MODEL=$cpu
-  in_root "$ARM" bash -c "cd $SRC_IN_CHROOT && /usr/local/bin/bin-daemon classify --json $flag \
+  in_root "$ARM" bash -c "cd $SRC_IN_CHROOT && /usr/local/bin/bin-daemon classify --json --no-site $flag \
     --config /etc/bin-daemon/config.yaml $SAMPLES/*/*.jpg" >"$out"
   [[ -d $ARM$SRC_IN_CHROOT/$MODEL_INPUTS ]] || {
     reason "no model inputs: the x86 step writes them"
     return 1
   }
-  in_root "$ARM" bash -c "cd $SRC_IN_CHROOT && /usr/local/bin/bin-daemon classify --json $flag \
+  in_root "$ARM" bash -c "cd $SRC_IN_CHROOT && /usr/local/bin/bin-daemon classify --json --no-site $flag \
     --config /etc/bin-daemon/config.yaml $MODEL_INPUTS/*/*.png" >"${out%.json}-inputs.json"
   reason "$(grep -c '"image"' "$out") images, $(grep -c '"image"' "${out%.json}-inputs.json") model inputs"
 }
@@ -385,18 +386,18 @@ step_classify_x86() {
   local venv=$RUN_DIR/x86-venv
   "${PYTHON:-python3.11}" -m venv "$venv"
   "$venv/bin/pip" install --quiet --constraint "$REPO/deploy/constraints-pi.txt" "$REPO"
-  (cd "$REPO" && "$venv/bin/bin-daemon" classify --json --model "$MODEL_DIR" $SAMPLES/*/*.jpg) \
+  (cd "$REPO" && "$venv/bin/bin-daemon" classify --json --no-site --model "$MODEL_DIR" $SAMPLES/*/*.jpg) \
     >"$LOG_DIR/classify-x86.json"
-  (cd "$REPO" && "$venv/bin/bin-daemon" classify --json --reference-kernels --model "$MODEL_DIR" \
+  (cd "$REPO" && "$venv/bin/bin-daemon" classify --json --no-site --reference-kernels --model "$MODEL_DIR" \
     $SAMPLES/*/*.jpg) >"$LOG_DIR/classify-x86-ref.json"
   # the model's input tensors as PNGs, in the arm64 checkout too: the kernels-only comparison
   local inputs=$ARM$SRC_IN_CHROOT/$MODEL_INPUTS
   rm -rf "$inputs"
   (cd "$REPO" && "$venv/bin/python" ci/arm64/model_inputs.py --model "$MODEL_DIR" "$inputs" \
     $SAMPLES/*/*.jpg)
-  "$venv/bin/bin-daemon" classify --json --model "$MODEL_DIR" "$inputs"/*/*.png \
+  "$venv/bin/bin-daemon" classify --json --no-site --model "$MODEL_DIR" "$inputs"/*/*.png \
     >"$LOG_DIR/classify-x86-inputs.json"
-  "$venv/bin/bin-daemon" classify --json --reference-kernels --model "$MODEL_DIR" \
+  "$venv/bin/bin-daemon" classify --json --no-site --reference-kernels --model "$MODEL_DIR" \
     "$inputs"/*/*.png >"$LOG_DIR/classify-x86-ref-inputs.json"
   reason "$("$venv/bin/python" -c 'import numpy, cv2; print(f"numpy {numpy.__version__}, opencv {cv2.__version__}")')"
 }

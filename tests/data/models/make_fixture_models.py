@@ -7,6 +7,11 @@ They are NOT waste classifiers: random weights, only their tensor shapes and typ
                            wrong input size for a card that says 224 (and a valid model for
                            the quantisation tests)
   tiny_float_32px.tflite   float32 input and output: a model the daemon must refuse
+  tiny_uint8_32px_embedding.tflite      the uint8 one with its pooled features (1, 4) as a
+                           second output (bin_daemon.training.embedding_output), like the
+                           shipped model
+  tiny_uint8_32px_bad_embedding.tflite  a second output of the wrong shape (the conv
+                           features, (1, 15, 15, 4)): a model the daemon must refuse
 """
 
 from pathlib import Path
@@ -48,4 +53,18 @@ if __name__ == "__main__":
     model = build(32, 6)
     (HERE / "tiny_uint8_32px.tflite").write_bytes(convert(model, 32, integer=True))
     (HERE / "tiny_float_32px.tflite").write_bytes(convert(model, 32, integer=False))
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from bin_daemon.training.embedding_output import add_embedding_output, pooled_tensor
+
+    uint8 = (HERE / "tiny_uint8_32px.tflite").read_bytes()
+    (HERE / "tiny_uint8_32px_embedding.tflite").write_bytes(add_embedding_output(uint8)[0])
+    bad = flatbuffer_utils.convert_bytearray_to_object(bytearray(uint8))
+    graph = bad.subgraphs[0]
+    pooled = pooled_tensor(bad)
+    conv = next(op for op in graph.operators if pooled in op.outputs).inputs[0]
+    graph.outputs = np.array([graph.outputs[0], conv], dtype=np.int32)
+    (HERE / "tiny_uint8_32px_bad_embedding.tflite").write_bytes(
+        bytes(flatbuffer_utils.convert_object_to_bytearray(bad))
+    )
     print("wrote", *sorted(p.name for p in HERE.glob("*.tflite")))
