@@ -23,8 +23,8 @@ from bin_daemon.hardware.fill import (
     fill_percent,
     next_state,
 )
-from bin_daemon.loop.overflow import route_around_full, with_overflow
-from bin_daemon.loop.policy import BinChoice, Policy
+from bin_daemon.loop.overflow import route_around_full
+from bin_daemon.loop.policy import BinChoice
 
 SETTINGS = FillSettings(empty_distance_m=0.8, full_distance_m=0.1, warn_percent=75,
                         full_percent=90, hysteresis_percent=10, readings=5, agreement_m=0.03,
@@ -325,16 +325,3 @@ def test_an_item_for_a_full_bin_goes_to_its_overflow_and_the_reason_says_why():
         "landfill", True,
         "confidence 0.40 < threshold 0.85; bin 'landfill' is full but has no overflow bin",
     )  # fmt: skip
-
-
-def test_with_overflow_reads_the_full_bins_at_each_decision():
-    full: set[str] = set()
-    policy = Policy({"glass": "glass", "trash": "landfill"}, "landfill", 0.5)
-    decide = with_overflow(policy.decide, lambda: full, {"glass": "landfill"}, "landfill")
-    assert decide("glass", 0.9).bin == "glass"
-    full.add("glass")
-    assert decide("glass", 0.9) == BinChoice(
-        "landfill", False, "label; bin 'glass' is full -> 'landfill'"
-    )
-    full.clear()
-    assert decide("glass", 0.9).bin == "glass"  # emptied: back to its own bin

@@ -1,16 +1,14 @@
 """Full bins: an item whose bin is full goes to that bin's overflow instead (issue 16).
 
-Wraps the policy's decision; the record's ``reason`` keeps the policy's reason and says
+Applied to the policy's decision (``Service._decide``); the record's ``reason`` keeps the policy's reason and says
 where the item went instead and why, e.g. ``label; bin 'glass' is full -> 'landfill'``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from bin_daemon.loop.policy import BinChoice
-
-Decide = Callable[[str | None, float], BinChoice]
 
 
 def route_around_full(
@@ -42,22 +40,3 @@ def route_around_full(
         chain = ", ".join(f"'{name}'" for name in path[:-1])
         why = f"{choice.reason}; bins {chain} are full -> '{target}'"
     return BinChoice(target, choice.unsure, why)
-
-
-def with_overflow(
-    decide: Decide,
-    full_bins: Callable[[], set[str]],
-    overflow: Mapping[str, str],
-    fallback_bin: str,
-) -> Decide:
-    """``decide`` with full bins routed around."""
-
-    def decide_with_overflow(label: str | None, confidence: float) -> BinChoice:
-        return route_around_full(
-            decide(label, confidence),
-            full=full_bins(),
-            overflow=overflow,
-            fallback_bin=fallback_bin,
-        )
-
-    return decide_with_overflow
