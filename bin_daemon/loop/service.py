@@ -153,6 +153,7 @@ class Service:
         monotonic: Callable[[], float] = time.monotonic,
         classifier_factory: Callable[[Config], Any] | None = None,
         store_factory: Callable[[Path], ModelStore] = ModelStore,
+        console_hooks: Any = None,
     ) -> None:
         self.options = options
         self.stop = threading.Event()
@@ -181,6 +182,13 @@ class Service:
         """Roll-outs installed in the store, to switch to between items."""
         self._running_sha = ""
         self.last_reload_error: str | None = None
+        # the web console (bin_daemon/console/): hooks = console.state.Hooks (on_correction,
+        # extra_labels, fill_levels); None = none of them
+        self.console_hooks: Any = console_hooks
+        self.console: Any = None
+        self._policy: Policy | None = None
+        self._started_wall = time.time()
+        self._started_mono = time.monotonic()
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -217,6 +225,7 @@ class Service:
         for warning in config.check_labels(classifier.labels):
             log.warning("%s", warning)
         policy = make_policy(config, classifier)
+        self._policy = policy
         log.info(
             "model %s %s (sha256 %s, %s), unsure below %.2f",
             classifier.model_path.name,
@@ -301,10 +310,12 @@ class Service:
                 self.event_log.path if self.event_log is not None else "off",
             )
             self.notifier.ready(self._status())
+            self._start_console(config)
             self._last_watchdog = float("-inf")  # the loop's first iteration pings at once
             self._loop(config.timing.poll_interval_s)
         finally:
             self.notifier.stopping(self._status() if self.sorter else "stopping")
+            self._stop_console()
             try:
                 if self.sorter is not None:
                     self.sorter.shutdown()
@@ -376,9 +387,12 @@ class Service:
             log.warning("sensor, camera or servo settings changed: restart the service to apply")
         if config.telemetry != self._config.telemetry:
             log.warning("telemetry settings changed: restart the service to apply them")
+        if config.console != self._config.console:
+            log.warning("console settings changed: restart the service to apply them")
         journal.setup_logging(config.logging.level, journal=self._journal)
         self.sorter.classifier = classifier
         self.sorter.decide = policy.decide
+        self._policy = policy
         self.sorter.timing = make_timing(config)
         self.sorter.camera_retry = make_camera_retry(config)
         if self.lid_guard is not None:
@@ -456,14 +470,62 @@ class Service:
         log.error("roll-out %s rolled back: %s", request.sha256[:12], reason)
         self.telemetry.report_model(outcome("rolled_back", reason, request))
 
-    def _status(self) -> str:
-        if self.sorter is None:
-            return "starting"
-        faults = {**self.sorter.faults, **self.faults}
+    def _faults(self) -> dict[str, str]:
+        assert self.sorter is not None
+        faults = {**self.sorter.faults.copy(), **self.faults.copy()}
         telemetry_fault = self.telemetry.fault() if self.telemetry is not None else None
         if telemetry_fault:
             faults["telemetry"] = telemetry_fault
-        return self.sorter.counts.status(self.sorter.state, faults)
+        return faults
+
+    def _status(self) -> str:
+        if self.sorter is None:
+            return "starting"
+        return self.sorter.counts.status(self.sorter.state, self._faults())
+
+    # -- the web console (bin_daemon/console/) ---------------------------------------------
+
+    def _start_console(self, config: Config) -> None:
+        """The console, when ``console.listen`` is set; it never stops the sorting."""
+        if config.console.listen is None:
+            return
+        from bin_daemon.console.runner import ConsoleRunner
+
+        self.console = ConsoleRunner(config, self.console_view, hooks=self.console_hooks)
+        if not self.console.start():
+            self.console = None
+
+    def _stop_console(self) -> None:
+        if self.console is not None:
+            self.console.stop()
+
+    def console_view(self) -> Any:
+        """A snapshot of the live state for the console (called from its threads)."""
+        from bin_daemon.console.state import DaemonView
+
+        assert self.sorter is not None and self._policy is not None
+        classifier = self.sorter.classifier
+        config = self._config
+        telemetry = self.telemetry
+        mqtt = telemetry is not None and telemetry.mqtt is not None
+        return DaemonView(
+            state=self.sorter.state.value,
+            items_since_start=self.sorter.counts.items,
+            faults=self._faults(),
+            model_dir=classifier.model_path.parent,
+            model_sha256=classifier.sha256,
+            model_version=classifier.version,
+            labels=tuple(classifier.labels),
+            unsure_threshold=self._policy.unsure_threshold,
+            bins={name: tuple(b.labels) for name, b in config.bins.items()},
+            fallback_bin=config.fallback_bin,
+            decide=self._policy.decide,
+            spool=self._spool,
+            started_at=self._started_wall,
+            uptime_s=time.monotonic() - self._started_mono,
+            telemetry_configured=mqtt,
+            telemetry_connected=telemetry.connected if mqtt else None,
+        )
 
     def _summary(self) -> str:
         assert self.sorter is not None
