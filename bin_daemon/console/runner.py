@@ -32,9 +32,9 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=64)
     except OSError as error:
-        raise BinDaemonError(
-            f"console: cannot listen on {host}:{port} ({error.strerror or error})"
-        ) from None
+        known = error.errno and not isinstance(error, socket.gaierror)
+        why = os.strerror(error.errno) if known else (error.strerror or str(error))
+        raise BinDaemonError(f"console: cannot listen on {host}:{port} ({why})") from None
 
 
 class ConsoleRunner:
