@@ -32,8 +32,10 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=64)
     except OSError as error:
-        known = error.errno and not isinstance(error, socket.gaierror)
-        why = os.strerror(error.errno) if known else (error.strerror or str(error))
+        if error.errno is not None and error.errno > 0:
+            why = os.strerror(error.errno)
+        else:  # getaddrinfo's negative codes
+            why = "the host name does not resolve to an address of this machine"
         raise BinDaemonError(f"console: cannot listen on {host}:{port} ({why})") from None
 
 

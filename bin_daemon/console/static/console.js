@@ -60,6 +60,10 @@
         const detail = Array.isArray(data.detail) ? data.detail.map(function (d) { return d.msg; }).join("; ") : data.detail;
         throw new Error(detail || "HTTP " + response.status);
       }
+      if (!card.classList.contains("done")) {
+        const count = document.querySelector(".tabs a.on .chip");
+        if (count && /^\d+$/.test(count.textContent)) count.textContent = Math.max(0, parseInt(count.textContent, 10) - 1);
+      }
       card.classList.add("done");
       status.className = "status ok";
       status.textContent = "Labelled: " + data.label + (data.note ? " (" + data.note + ")" : "");
