@@ -208,9 +208,7 @@ def test_console_drop_in_opens_exactly_the_console_port() -> None:
     assert values["Service.SocketBindAllow"] == ["tcp:8080"]  # the example's console.listen
     assert values["Service.SocketBindDeny"] == ["any"]  # no other port may be bound
     assert values["Service.IPAddressAllow"] == ["localhost"]  # this Pi; the LAN is opt-in
-    assert values["Service.LoadCredential"] == [
-        "console_password:/etc/bin-daemon/console_password"
-    ]
+    assert values["Service.LoadCredential"] == ["console_password:/etc/bin-daemon/console_password"]
     default = (REPO / "bin_daemon" / "default_config.yaml").read_text()
     assert "127.0.0.1:8080" in default  # the port the drop-in opens is the one it suggests
 
