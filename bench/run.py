@@ -182,7 +182,7 @@ def worker(runtime: str, threads: int, *extra: str) -> dict:
 # -- the daemon ----------------------------------------------------------------------------
 
 
-def daemon_run(items: int, workdir: Path) -> dict:
+def daemon_run(items: int, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
     """bin-daemon on fake hardware with NOTIFY_SOCKET on our own datagram socket."""
     notify_path = workdir / "notify.sock"
     events_path = workdir / "events.jsonl"
@@ -193,7 +193,7 @@ def daemon_run(items: int, workdir: Path) -> dict:
     exe = Path(sys.executable).parent / "bin-daemon"
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "bin_daemon"]
     command += ["run", "--hardware", "fake", "--images", str(SAMPLES.relative_to(ROOT)),
-                "--max-items", str(items), "--events", str(events_path)]  # fmt: skip
+                "--max-items", str(items), "--events", str(events_path), *extra]  # fmt: skip
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "STATE_DIRECTORY": str(workdir)}
     for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
         env.pop(name, None)
@@ -263,6 +263,112 @@ def daemon_run(items: int, workdir: Path) -> dict:
     }
 
 
+# -- the daemon with its web console polled -------------------------------------------------
+
+
+def console_run(items: int, workdir: Path) -> dict:
+    """Trigger to lid with the web console on and a client polling its status page back to
+    back, against the same run with the console off (each its own daemon process)."""
+    import base64
+    import threading
+    import urllib.error
+    import urllib.request
+
+    default = (ROOT / "bin_daemon" / "default_config.yaml").read_text()
+    password = "bench-console-password"
+    (workdir / "console_password").write_text(password + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configs = {"off": default}
+    on = default.replace("  listen: null", f"  listen: 127.0.0.1:{port}", 1)
+    on = on.replace("  password_file: null", f"  password_file: {workdir / 'console_password'}", 1)
+    if f"127.0.0.1:{port}" not in on or "password_file: null" in on:
+        raise SystemExit("bench: the default config has no console.listen line to set")
+    configs["polled"] = on
+    token = base64.b64encode(f"bench:{password}".encode()).decode()
+    runs: dict[str, dict] = {}
+    for name, text in configs.items():
+        folder = workdir / f"console-{name}"
+        folder.mkdir()
+        (folder / "config.yaml").write_text(text)
+        stop = threading.Event()
+        served: list[float] = []
+        refused: list[float] = []
+
+        def poll(
+            stop: threading.Event = stop,
+            served: list[float] = served,
+            refused: list[float] = refused,
+        ) -> None:
+            """What the status page fetches, as fast as it is answered (429s not heeded)."""
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/partials/status",
+                headers={"Authorization": f"Basic {token}"},
+            )
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as response:
+                        response.read()
+                    served.append((time.perf_counter() - started) * 1000)
+                except urllib.error.HTTPError as error:  # 429: over the console's budget
+                    error.read()
+                    refused.append((time.perf_counter() - started) * 1000)
+                except OSError:
+                    time.sleep(0.01)  # not listening yet (or any more)
+
+        client = threading.Thread(target=poll, daemon=True)
+        if name == "polled":
+            client.start()
+        try:
+            runs[name] = daemon_run(items, folder, ("--config", str(folder / "config.yaml")))
+        finally:
+            stop.set()
+        if client.is_alive():
+            client.join(10)
+        t2l = runs[name]["latency_ms"]["trigger_to_lid"]
+        runs[name]["requests"] = len(served)
+        runs[name]["refused_429"] = len(refused)
+        if served:
+            runs[name]["request_ms"] = {
+                "p50": round(percentile(served, 50), 2),
+                "p95": round(percentile(served, 95), 2),
+            }
+            runs[name]["requests_per_s"] = round(len(served) / runs[name]["wall_s"], 1)
+        log(f"console {name}: trigger-to-lid p95 {t2l['p95']} ms, {len(served)} page requests")
+    if not runs["polled"]["requests"]:
+        raise SystemExit("bench: the polling client got no answer from the console")
+    return runs
+
+
+def console_markdown(console: dict) -> list[str]:
+    off, polled = console["off"], console["polled"]
+    lines = [
+        "## The daemon with its web console polled",
+        "",
+        "Two daemon runs as above, each its own process: console off, and console on "
+        "(`console.listen: 127.0.0.1:PORT`) with one client fetching the status page's live "
+        "part (`/partials/status`, HTTP Basic) back to back for the whole run, not heeding "
+        "429s: far more than a browser's one request per `console.refresh_s` (2 s). "
+        f"{polled['requests']} page requests were answered "
+        f"({polled.get('requests_per_s', 0)}/s; p50 {polled['request_ms']['p50']} ms, p95 "
+        f"{polled['request_ms']['p95']} ms each) and {polled['refused_429']} refused with 429 "
+        "(over `console.max_requests_per_s`, 10/s by default).",
+        "",
+        "| run | items | trigger to lid p50 ms | p95 ms | max ms | items/s after READY | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, run in (("console off", off), ("console on, polled", polled)):
+        t2l = run["latency_ms"]["trigger_to_lid"]
+        lines.append(
+            f"| {name} | {run['items']} | {fmt(t2l['p50'], 2)} | {fmt(t2l['p95'], 2)} | "
+            f"{fmt(t2l['max'], 2)} | {run['items_per_s_after_ready']} | {run['peak_rss_mb']} |"
+        )
+    lines.append("")
+    return lines
+
+
 # -- the report ----------------------------------------------------------------------------
 
 
@@ -324,6 +430,7 @@ def build_results(args, runs, convert, daemon, context) -> dict:
         "keras_weights": convert["weights"],
         "runs": runs,
         "daemon": daemon,
+        "console": context.get("console"),
         "projection": {
             "label": "PROJECTION, not measured",
             "formula": (
@@ -485,6 +592,8 @@ def markdown(res: dict) -> str:
     for name, key in steps:
         s = lat[key]
         lines.append(f"| {name} | {fmt(s['p50'], 2)} | {fmt(s['p95'], 2)} | {fmt(s['max'], 2)} |")
+    if res.get("console"):
+        lines += ["", *console_markdown(res["console"])]
     p = res["projection"]
     lines += [
         "",
@@ -569,7 +678,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few runs: a smoke test")
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     parser.add_argument("--command", default="make bench", help="how this run was started")
+    parser.add_argument(
+        "--console-only",
+        action="store_true",
+        help="only the web console's piece: print its numbers as JSON, write nothing",
+    )
     args = parser.parse_args(argv)
+    if args.console_only:
+        with tempfile.TemporaryDirectory(prefix="bin-daemon-bench-") as tmp:
+            busy = others_running()
+            console = console_run(args.items, Path(tmp))
+        print(json.dumps({"console": console, "others_running": busy}, indent=2))
+        print("\n".join(console_markdown(console)))
+        return 0
     started = time.monotonic()
     before = others_running()
     if not is_quiet(before):
@@ -620,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
             f"daemon: READY {daemon['ready_s']} s, trigger-to-lid p95 "
             f"{daemon['latency_ms']['trigger_to_lid']['p95']} ms"
         )
+        log(f"daemon with the web console: {args.items} items, console off / on and polled")
+        console = console_run(args.items, workdir)
     after = others_running()
     quiet = is_quiet(before) and is_quiet(after)
     context = {
@@ -633,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         "quiet": quiet,
         "mobilenet_v2": mnv2,
         "model": model,
+        "console": console,
     }
     results = build_results(args, runs, convert, daemon, context)
     if args.quick:

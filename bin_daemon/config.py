@@ -354,6 +354,13 @@ class ConsoleConfig(_Section):
     max_login_failures: int = Field(
         5, ge=1, le=100, description="Wrong passwords per client per minute before it must wait"
     )
+    max_requests_per_s: float = Field(
+        10,
+        gt=0,
+        le=1000,
+        description="Pages and API calls per second, all clients together (bursts of 3x); "
+        "more are answered 429, so no client can keep the daemon's process busy",
+    )
 
     @field_validator("password")
     @classmethod

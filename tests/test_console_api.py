@@ -19,7 +19,7 @@ from conftest_models import TINY, make_model_dir
 from fastapi.testclient import TestClient
 
 from bin_daemon.config import load_config
-from bin_daemon.console.app import COOKIE, create_app
+from bin_daemon.console.app import COOKIE, Settings, create_app
 from bin_daemon.console.security import WINDOW_S, Gate
 from bin_daemon.console.state import Console, Hooks
 from bin_daemon.console.upload import PNG_SIGNATURE
@@ -58,7 +58,7 @@ def world(run_dir, tmp_path):
 
 
 class Harness:
-    def __init__(self, world, **console_options):
+    def __init__(self, world, settings: Settings | None = None, **console_options):
         self.folder, self.config, self.daemon = world
         self.corrections: list[tuple[str, str, Path | None]] = []
         self.fill = {"recycling": 42.5, "glass": None}
@@ -75,7 +75,9 @@ class Harness:
         )
         self.clock = ManualClock()
         self.gate = Gate(PASSWORD, session_s=3600, max_failures=3, clock=self.clock)
-        self.client = TestClient(create_app(self.console, self.gate), follow_redirects=False)
+        self.settings = settings or Settings(max_requests_per_s=1000)
+        app = create_app(self.console, self.gate, self.settings, clock=self.clock)
+        self.client = TestClient(app, follow_redirects=False)
 
     def records(self) -> list[dict]:
         return list(eventlog.read_events(self.config.event_log_path()))
@@ -121,6 +123,63 @@ def test_everything_but_login_and_static_needs_the_password(app):
     assert client.get("/login").status_code == 200
     assert client.get("/static/console.css").status_code == 200
     assert client.get("/api/status", auth=("x", "wrong password")).status_code == 401
+
+
+def test_requests_beyond_the_budget_wait_their_turn(world):
+    harness = Harness(world, Settings(max_requests_per_s=2, queue_s=2.0))  # bursts of 6
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # time passes only here
+        slept.append(seconds)
+        harness.clock.advance(seconds)
+
+    app = create_app(
+        harness.console, harness.gate, harness.settings, clock=harness.clock, sleep=sleep
+    )
+    client = TestClient(app)
+    try:
+        assert [client.get("/api/status", auth=BASIC).status_code for _ in range(8)] == [200] * 8
+        assert slept == pytest.approx([0.5, 0.5])  # the 7th and 8th waited for a token
+    finally:
+        harness.console.close()
+
+
+def test_requests_beyond_the_budget_are_429_and_files_are_not_counted(world):
+    harness = Harness(world, Settings(max_requests_per_s=2, queue_s=0))  # bursts of 6
+    try:
+        client = harness.client
+        answers = [client.get("/api/status", auth=BASIC).status_code for _ in range(7)]
+        assert answers == [200] * 6 + [429]
+        refused = client.get("/api/status", auth=BASIC)
+        assert refused.headers["retry-after"] == "1" and "slow down" in refused.json()["detail"]
+        assert client.get("/static/console.js").status_code == 200  # not metered
+        harness.clock.advance(0.5)  # one more request's worth
+        assert client.get("/api/status", auth=BASIC).status_code == 200
+        assert client.get("/api/status", auth=BASIC).status_code == 429
+    finally:
+        harness.console.close()
+
+
+def test_status_snapshots_are_shared_within_the_cache_time(world):
+    _folder, config, daemon = world
+    clock = ManualClock()
+    console = Console(
+        daemon.view,
+        event_log_path=config.event_log_path(),
+        status_cache_s=0.5,
+        monotonic=clock,
+    )
+    try:
+        first = console.status()
+        clock.advance(0.4)
+        assert console.status() is first  # nothing happened within 0.5 s: the same snapshot
+        daemon.faults["camera"] = "camera: no frame within 2 s"
+        assert console.status().degraded == {"camera": "camera: no frame within 2 s"}  # at once
+        second = console.status()
+        clock.advance(0.5)
+        assert console.status() is not second  # and at least every 0.5 s
+    finally:
+        console.close()
 
 
 def test_basic_auth_and_security_headers(app):

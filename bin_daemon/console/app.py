@@ -13,7 +13,8 @@ import asyncio
 import base64
 import logging
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from python_multipart.multipart import FormParserError, create_form_parser
 from starlette.concurrency import run_in_threadpool
 
 from bin_daemon import __version__
-from bin_daemon.console.security import Gate, csrf_ok, safe_next, same_origin
+from bin_daemon.console.security import Gate, RequestBudget, csrf_ok, safe_next, same_origin
 from bin_daemon.console.state import (
     ClassifyResult,
     Console,
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "bin_console"
 PUBLIC = ("/login", "/static/")
+UNMETERED = ("/static/", "/frames/")
+MAX_CONNECTIONS = 32
+"""uvicorn answers 503 beyond this many open connections."""
+"""Not counted against the request budget: files, no work in Python beyond a lookup."""
 CSRF_HEADER = "x-csrf-token"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -71,13 +76,37 @@ SECURITY_HEADERS = {
 class Settings:
     """The parts of ``console`` config the HTTP side needs."""
 
-    def __init__(self, *, refresh_s: float = 2.0, bin_name: str = "bin-daemon") -> None:
+    def __init__(
+        self,
+        *,
+        refresh_s: float = 2.0,
+        bin_name: str = "bin-daemon",
+        max_requests_per_s: float = 10.0,
+        queue_s: float = 2.0,
+    ) -> None:
         self.refresh_s = refresh_s
         self.bin_name = bin_name
+        self.max_requests_per_s = max_requests_per_s
+        self.queue_s = queue_s
+        """A request over the budget waits up to this long for its turn, then gets a 429."""
 
 
-def create_app(console: Console, gate: Gate, settings: Settings | None = None) -> FastAPI:
+def create_app(
+    console: Console,
+    gate: Gate,
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> FastAPI:
+    """The console's web app. ``clock`` and ``sleep``: for the request budget (tests)."""
     settings = settings or Settings()
+    budget = RequestBudget(
+        settings.max_requests_per_s,
+        burst=max(1.0, 3 * settings.max_requests_per_s),
+        clock=clock or time.monotonic,
+    )
+    partial: dict[str, Any] = {}
     app = FastAPI(
         title="bin-daemon console",
         version=__version__,
@@ -109,6 +138,22 @@ def create_app(console: Console, gate: Gate, settings: Settings | None = None) -
     @app.middleware("http")
     async def gate_keeper(request: Request, call_next: Callable[[Request], Any]) -> Response:
         path = request.url.path
+        if not path.startswith(UNMETERED):
+            wait = budget.take()
+            waited = 0.0
+            while wait > 0 and waited + wait <= settings.queue_s:  # hold it; costs no CPU
+                await sleep(wait)
+                waited += wait
+                wait = budget.take()
+            if wait > 0:
+                return _secure(
+                    JSONResponse(
+                        {"detail": "too many requests: the bin is busy sorting; slow down"},
+                        status_code=429,
+                        headers={"Retry-After": str(max(1, round(wait)))},
+                    ),
+                    path,
+                )
         if not path.startswith(PUBLIC):
             denied = _authenticate(request, gate)
             if denied is not None:
@@ -178,7 +223,11 @@ def create_app(console: Console, gate: Gate, settings: Settings | None = None) -
 
     @app.get("/partials/status", response_class=HTMLResponse)
     def status_partial(request: Request) -> Response:
-        return page(request, "_status.html", status=console.status())
+        status = console.status()
+        if partial.get("status") is not status:  # render each snapshot once
+            html = templates.get_template("_status.html").render(status=status)
+            partial.update(status=status, html=html)
+        return HTMLResponse(partial["html"])
 
     @app.get("/review", response_class=HTMLResponse)
     def review_page(request: Request, show: str = "todo") -> Response:
@@ -461,6 +510,7 @@ def serve(
         timeout_graceful_shutdown=int(max(1, shutdown_s)),
         server_header=False,
         proxy_headers=False,
+        limit_concurrency=MAX_CONNECTIONS,
     )
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # "Started server process"
     server = uvicorn.Server(config)

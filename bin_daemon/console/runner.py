@@ -24,6 +24,8 @@ from bin_daemon.errors import BinDaemonError
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 3.0
+STATUS_CACHE_S = 0.5
+"""Status requests closer together than this share one snapshot."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -90,6 +92,7 @@ class ConsoleRunner:
             recent_items=settings.recent_items,
             max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
             max_upload_pixels=int(settings.max_upload_megapixels * 1_000_000),
+            status_cache_s=min(STATUS_CACHE_S, settings.refresh_s / 2),
         )
         console, sock = self.console, self._sock
 
@@ -97,7 +100,10 @@ class ConsoleRunner:
             try:
                 from bin_daemon.console import app
 
-                web = app.create_app(console, gate, app.Settings(refresh_s=settings.refresh_s))
+                options = app.Settings(
+                    refresh_s=settings.refresh_s, max_requests_per_s=settings.max_requests_per_s
+                )
+                web = app.create_app(console, gate, options)
                 app.serve(sock, web, on_server=self._on_server)
             except BaseException as error:  # uvicorn raises SystemExit on startup errors
                 log.error("console: the web server stopped: %s", error or type(error).__name__)

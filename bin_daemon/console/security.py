@@ -105,6 +105,35 @@ class FailureLimiter:
                 self._times.pop(key, None)
 
 
+class RequestBudget:
+    """A token bucket: ``rate_per_s`` requests per second on average, ``burst`` at once.
+
+    The console's pages and API share one budget, so no client (nor all of them together)
+    can keep the daemon's process busy with requests: the sorting loop shares its CPU.
+    """
+
+    def __init__(self, rate_per_s: float, burst: float, clock: Callable[[], float]) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be positive and burst at least 1")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """0 if a request may go now (it is counted), else the seconds until one may."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate_per_s)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            return (1 - self._tokens) / self.rate_per_s
+
+
 @dataclass
 class Session:
     token: str

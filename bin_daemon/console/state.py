@@ -210,6 +210,8 @@ class Console:
         max_upload_pixels: int = 25_000_000,
         wall_clock: Callable[[], float] = time.time,
         classifier_factory: Callable[[Path], Any] = default_upload_classifier,
+        status_cache_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._view = view
         self.hooks = hooks or Hooks()
@@ -222,6 +224,12 @@ class Console:
         self._classify_lock = threading.Lock()
         self._classifier: Any = None
         self._classifier_sha = ""
+        self.status_cache_s = status_cache_s
+        """Answer status requests this close together with the same snapshot (less work for
+        the daemon's process when many clients poll)."""
+        self._monotonic = monotonic
+        self._status_lock = threading.Lock()
+        self._status: tuple[float, Any, Status] | None = None
         self.event_log: EventLog | None = None
         if event_log_path is not None:
             try:
@@ -240,7 +248,21 @@ class Console:
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> Status:
+        """The live state. Within ``status_cache_s`` of the last one, and while the daemon
+        has sorted nothing and no fault has come or gone, the same object again."""
         view = self._view()
+        key = (view.items_since_start, tuple(view.faults.items()), view.model_sha256, view.state)
+        with self._status_lock:
+            now = self._monotonic()
+            if self._status is not None:
+                at, seen, status = self._status
+                if seen == key and now - at < self.status_cache_s:
+                    return status
+            status = self._fresh_status(view)
+            self._status = (now, key, status)
+            return status
+
+    def _fresh_status(self, view: DaemonView) -> Status:
         now = self._wall()
         midnight = datetime.fromtimestamp(now).astimezone()
         midnight = midnight.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -387,6 +409,7 @@ class Console:
             except UnknownItemError:
                 raise ConsoleError(404, f"no item {item_id} in the event log") from None
             record = event_log.find([item_id]).get(item_id, {})
+        self._status = None  # show it at once
         frame = view.spool.frame_path(item_id) if view.spool is not None else None
         log.info(
             "console: item %s labelled %r by a person (the model said %r)",

@@ -29,6 +29,7 @@
       try {
         const response = await fetch(live.dataset.live, { credentials: "same-origin", cache: "no-store" });
         if (response.status === 401) return toLogin();
+        if (response.status === 429) return;  // the bin is busy: skip this round
         if (!response.ok) throw new Error("HTTP " + response.status);
         live.innerHTML = await response.text();
         bars(live);
