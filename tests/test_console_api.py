@@ -539,6 +539,14 @@ def test_events_csv_download(app):
     assert app.client.get("/api/events.csv?since=nonsense", auth=BASIC).status_code == 400
 
 
+def test_a_long_csv_is_read_in_pages(app, monkeypatch):
+    from bin_daemon.console import state
+
+    monkeypatch.setattr(state, "CSV_PAGE_ROWS", 5)
+    rows = list(csv.DictReader(io.StringIO(app.client.get("/api/events.csv", auth=BASIC).text)))
+    assert [r["item_id"] for r in rows] == [r["item_id"] for r in app.records()]  # all 24
+
+
 def test_events_page_filters_and_links_the_csv(app):
     app.login()
     page = app.client.get("/events?since=1d&limit=50")

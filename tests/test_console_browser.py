@@ -105,8 +105,10 @@ class Shots:
         """The whole page at this width (the window grows to the page's height)."""
         width, height = size
         self.driver.set_window_size(width, height)
-        full = self.driver.execute_script("return document.documentElement.scrollHeight")
-        self.driver.set_window_size(width, max(height, min(int(full) + 20, 2600)))
+        full, chrome = self.driver.execute_script(
+            "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]"
+        )
+        self.driver.set_window_size(width, max(height, min(int(full) + int(chrome), 2600)))
         path = self.folder / f"{name}.png"
         assert self.driver.save_screenshot(str(path))
         self.driver.set_window_size(*DESKTOP)
@@ -115,9 +117,13 @@ class Shots:
 
 
 def wait_for(driver, condition, message: str):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message)
+    wait = WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(condition, message)
 
 
 def test_a_person_uses_the_console_in_a_browser(browser, daemon, tmp_path):
@@ -141,17 +147,19 @@ def test_a_person_uses_the_console_in_a_browser(browser, daemon, tmp_path):
     wait_for(browser, lambda d: d.find_elements(By.ID, "last-items"), "no status page")
 
     # -- status: an item appears while the daemon sorts, without reloading the page ---------
-    def shown_items(driver) -> set[str]:
-        rows = driver.find_elements(By.CSS_SELECTOR, "#last-items tr[data-item]")
-        return {row.get_attribute("data-item") for row in rows}
+    def shown_items(driver) -> set[str]:  # in one go: the live part may be replaced any time
+        script = "return [...document.querySelectorAll('#last-items tr[data-item]')]"
+        return set(driver.execute_script(script + ".map(row => row.dataset.item)"))
 
     before = shown_items(browser)
     browser.execute_script("window.stillTheSamePage = true;")
     wait_for(browser, lambda d: shown_items(d) - before, "no new item on the status page")
     assert browser.execute_script("return window.stillTheSamePage === true;")
-    assert int(browser.find_element(By.ID, "items-today").text) > 0
-    fill = browser.find_element(By.CSS_SELECTOR, ".bin .fill .bar").get_attribute("style")
-    assert "width: 64%" in fill
+    today, fill = browser.execute_script(
+        "return [document.getElementById('items-today').textContent,"
+        " document.querySelector('.bin .fill .bar').style.width]"
+    )
+    assert int(today) > 0 and fill == "64%"
     # for the pictures: wait until an unsure item with its photo is among the last items
     wait_for(
         browser,

@@ -41,6 +41,7 @@ LABEL_PATTERN = re.compile(r"[a-z0-9][a-z0-9 _-]{0,39}")
 """A label typed on the review page, once trimmed and lower-cased."""
 THUMBNAIL_PX = 224
 EVENTS_MAX = 1000
+CSV_PAGE_ROWS = 500
 
 
 # -- the daemon's side -----------------------------------------------------------------------
@@ -338,16 +339,26 @@ class Console:
         return [self._item(record, view.spool) for record in records]
 
     def events_csv(self, since: str | None = None) -> Iterator[str]:
-        """The event log from ``since`` on, oldest first, as CSV lines."""
+        """The event log from ``since`` on, in the order it was written, as CSV text.
+
+        Read a page of rows at a time (a year of items need not fit in memory); a bad
+        ``since`` raises before the first line.
+        """
         event_log = self._need_log()
         since_iso = self._since(since)
-        records = list(eventlog.read_events(event_log.path, since=since_iso))
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
         yield _take(buffer)
-        for record in records:
-            writer.writerow([_csv_cell(record.get(column)) for column in CSV_COLUMNS])
+        after = 0
+        while True:
+            with self._log_lock:
+                page = event_log.records_after(after, since=since_iso, limit=CSV_PAGE_ROWS)
+            if not page:
+                return
+            for _row_id, record in page:
+                writer.writerow([_csv_cell(record.get(column)) for column in CSV_COLUMNS])
+            after = page[-1][0]
             yield _take(buffer)
 
     @staticmethod

@@ -272,6 +272,18 @@ class EventLog:
         query += " ORDER BY ts DESC, id DESC LIMIT ?"
         return [_record(*row) for row in self._read(query, (*args, limit))]
 
+    def records_after(
+        self, after_id: int, *, since: str | None = None, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(row id, record) in insertion order after row ``after_id``: a long export in pages."""
+        query = f"SELECT id, {_RECORD_COLUMNS} FROM events WHERE id > ?"
+        args: tuple[Any, ...] = (after_id,)
+        if since is not None:
+            query += " AND ts >= ?"
+            args += (since,)
+        rows = self._read(query + " ORDER BY id LIMIT ?", (*args, limit))
+        return [(row[0], _record(*row[1:])) for row in rows]
+
     def find(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The records of these items that are in the log, by item id."""
         found: dict[str, dict[str, Any]] = {}
