@@ -62,3 +62,20 @@ def test_report_keeps_other_sections(tmp_path):
     text = path.read_text()
     assert "second" in text and "first" not in text
     assert text.count(soak) == 1 and text.startswith("# Benchmarks")
+
+
+def test_console_section_reports_both_runs():
+    run = load_bench_module("run")
+    latency = {"trigger_to_lid": {"p50": 15.7, "p95": 43.1, "max": 245.8}}
+    off = {"items": 1000, "latency_ms": latency, "items_per_s_after_ready": 45.7,
+           "peak_rss_mb": 135.7, "requests": 0, "refused_429": 0}  # fmt: skip
+    polled = {**off, "requests": 265, "refused_429": 0, "requests_per_s": 10.2,
+              "request_ms": {"p50": 98.8, "p95": 115.3}}  # fmt: skip
+    lines = run.console_markdown({"off": off, "polled": polled})
+    assert lines[0] == "## The daemon with its web console polled"
+    rows = [line for line in lines if line.startswith("| console")]
+    assert rows == [
+        "| console off | 1000 | 15.70 | 43.10 | 245.80 | 45.7 | 135.7 |",
+        "| console on, polled | 1000 | 15.70 | 43.10 | 245.80 | 45.7 | 135.7 |",
+    ]
+    assert "265 page requests were answered" in "\n".join(lines)

@@ -566,6 +566,31 @@ def test_pages_are_escaped(app):
     assert "&lt;script&gt;" in page.text
 
 
+def test_bodies_other_than_uploads_are_small(app):
+    item = app.client.get("/api/review", auth=BASIC).json()["items"][0]["item_id"]
+    huge = '{"label": "glass", "padding": "' + "x" * 70_000 + '"}'
+    response = app.client.post(
+        f"/api/review/{item}",
+        content=huge,
+        headers={"Content-Type": "application/json"},
+        auth=BASIC,
+    )
+    assert response.status_code == 413
+    assert app.client.post("/login", data={"password": "x" * 70_000}).status_code == 413
+
+    def chunks():
+        yield b'{"label": "glass"}'
+
+    chunked = app.client.post(
+        f"/api/review/{item}",
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+        auth=BASIC,
+    )
+    assert chunked.status_code == 411
+    assert all(r.get("corrected_label") is None for r in app.records())
+
+
 def test_basic_credentials_that_are_not_base64_are_a_400(app):
     header = {"Authorization": "Basic !!!" + base64.b64encode(b"x").decode()}
     assert app.client.get("/api/status", headers=header).status_code == 400

@@ -55,6 +55,9 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "bin_console"
 PUBLIC = ("/login", "/static/")
 UNMETERED = ("/static/", "/frames/")
+UPLOADS = ("/classify", "/api/classify")
+"""Where a request body may be large (read with the upload cap); elsewhere MAX_FORM_BYTES."""
+MAX_FORM_BYTES = 64 * 1024
 MAX_CONNECTIONS = 32
 """uvicorn answers 503 beyond this many open connections."""
 """Not counted against the request budget: files, no work in Python beyond a lookup."""
@@ -154,6 +157,10 @@ def create_app(
                     ),
                     path,
                 )
+        if request.method not in ("GET", "HEAD") and path not in UPLOADS:
+            too_big = _check_small_body(request)
+            if too_big is not None:
+                return _secure(too_big, path)
         if not path.startswith(PUBLIC):
             denied = _authenticate(request, gate)
             if denied is not None:
@@ -403,6 +410,20 @@ def _authenticate(request: Request, gate: Gate) -> Response | None:
         status_code=401,
         headers=headers,
     )
+
+
+def _check_small_body(request: Request) -> Response | None:
+    """Forms and JSON: a declared length of at most MAX_FORM_BYTES (no unbounded bodies)."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        if request.headers.get("transfer-encoding"):
+            return JSONResponse({"detail": "send a Content-Length"}, status_code=411)
+        return None  # no body at all
+    if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+        return JSONResponse(
+            {"detail": f"request body over {MAX_FORM_BYTES} bytes"}, status_code=413
+        )
+    return None
 
 
 def _check_cross_site(request: Request, *, need_token: bool = True) -> Response | None:
