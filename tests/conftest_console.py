@@ -63,6 +63,7 @@ class Daemon:
     spool: Spool
     model_dir: Path
     faults: dict
+    telemetry: tuple[bool, bool | None] = (False, None)
 
     def view(self) -> DaemonView:
         return DaemonView(
@@ -84,6 +85,8 @@ class Daemon:
             spool=self.spool,
             started_at=time.time() - 3725,
             uptime_s=3725.0,
+            telemetry_configured=self.telemetry[0],
+            telemetry_connected=self.telemetry[1],
         )
 
 

@@ -283,6 +283,17 @@ def test_status_shows_degraded_devices_and_no_fill_sensor(app):
     assert "Degraded" in page.text and "camera: no frame within 2 s" in page.text
 
 
+@pytest.mark.parametrize(
+    ("telemetry", "shown"),
+    [((False, None), "not set up"), ((True, True), "connected"), ((True, False), "offline")],
+)
+def test_status_says_whether_the_fleet_link_is_up(app, telemetry, shown):
+    app.daemon.telemetry = telemetry
+    status = app.client.get("/api/status", auth=BASIC).json()
+    assert status["telemetry"] == {"configured": telemetry[0], "connected": telemetry[1]}
+    assert shown in app.client.get("/partials/status", auth=BASIC).text
+
+
 def test_status_page_renders_bins_and_items(app):
     app.login()
     page = app.client.get("/")
@@ -304,6 +315,19 @@ def test_review_lists_unsure_and_spooled_items_newest_first(app):
     assert all(item["frame_url"] for item in review["items"])
     assert review["labels"][:6] == list(app.daemon.classifier.labels)
     assert "tetra pak" in review["labels"] and review["to_review"] == len(unsure)
+
+
+def test_review_also_lists_spooled_frames_of_sure_items(app):
+    """With spool.save: all, frames of items the model was sure about are reviewable too."""
+    sure = next(r for r in reversed(app.records()) if not r["unsure"])
+    frame = app.daemon.spool.directory / f"{sure['item_id']}.jpg"
+    frame.write_bytes(SAMPLE.read_bytes())
+    (app.daemon.spool.directory / "not-an-item.jpg").write_bytes(b"ignored")
+    items = app.client.get("/api/review", auth=BASIC).json()["items"]
+    listed = next(item for item in items if item["item_id"] == sure["item_id"])
+    assert listed["unsure"] is False and listed["frame_url"]
+    assert [i["ts"] for i in items] == sorted((i["ts"] for i in items), reverse=True)
+    assert all(i["item_id"] != "not-an-item" for i in items)
 
 
 def test_frames_are_served_from_the_spool_only(app):

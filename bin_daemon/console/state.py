@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,7 @@ class Hooks:
 
     on_correction: Callable[[str, str, Path | None], None] | None = None
     """Called after a correction is in the event log: (item_id, label, the frame or None)."""
-    extra_labels: Callable[[], list[str]] = field(default_factory=lambda: list)
+    extra_labels: Callable[[], list[str]] = list
     """Labels the site knows beyond the model's (choices on the review page)."""
     fill_levels: Callable[[], Mapping[str, float | None]] | None = None
     """Bin name -> fill percent 0..100 or None (a FillMonitor's ``levels``)."""
