@@ -520,7 +520,7 @@ def serve(
     app: FastAPI,
     *,
     on_server: Callable[[Any], None],
-    shutdown_s: float = 2.0,
+    shutdown_s: float = 1.0,
 ) -> None:
     """Run uvicorn on an already bound socket until its ``should_exit`` is set (blocking)."""
     config = uvicorn.Config(

@@ -315,11 +315,11 @@ class Service:
             self._loop(config.timing.poll_interval_s)
         finally:
             self.notifier.stopping(self._status() if self.sorter else "stopping")
-            self._stop_console()
             try:
                 if self.sorter is not None:
                     self.sorter.shutdown()
             finally:
+                self._stop_console()  # after the lids are closed: they come first
                 self.lid_guard.stop()
                 hardware.close()
                 if events_file is not None:
