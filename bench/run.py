@@ -4,7 +4,9 @@ Runs every runtime in its own fresh process (bench/worker.py), then the daemon o
 hardware, and writes docs/benchmarks.json and this tool's sections of docs/BENCHMARKS.md
 (any other section, such as "## Soak", is kept as it is).
 
-    python bench/run.py [--threads 1 2 4] [--items 500] [--quick]
+    python bench/run.py [--threads 1 2 4] [--items 500] [--quick] [--console-only]
+
+``--console-only``: just the daemon with its web console off vs polled (printed, not written).
 """
 
 from __future__ import annotations
