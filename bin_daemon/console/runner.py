@@ -100,8 +100,11 @@ class ConsoleRunner:
             try:
                 from bin_daemon.console import app
 
+                mqtt = self.config.telemetry.mqtt
                 options = app.Settings(
-                    refresh_s=settings.refresh_s, max_requests_per_s=settings.max_requests_per_s
+                    refresh_s=settings.refresh_s,
+                    max_requests_per_s=settings.max_requests_per_s,
+                    bin_name=mqtt.bin_id if mqtt is not None else "bin-daemon",
                 )
                 web = app.create_app(console, gate, options)
                 app.serve(sock, web, on_server=self._on_server)
