@@ -419,6 +419,8 @@ def test_review_page_offers_every_label_and_a_text_field(app):
     app.login()
     page = app.client.get("/review?show=all")
     assert page.status_code == 200
+    waiting = app.client.get("/api/review?show=todo").json()["to_review"]
+    assert f'<span class="badge" id="to-review">{waiting}</span>' in page.text  # in the nav
     assert page.text.count('class="card review-card') == len(
         app.client.get("/api/review").json()["items"]
     )
@@ -463,7 +465,14 @@ def test_classify_form_renders_the_result(app):
         data={"csrf_token": "stale"},
         files={"image": ("glass1.jpg", SAMPLE.read_bytes(), "image/jpeg")},
     )
-    assert stale.status_code == 403
+    assert stale.status_code == 403 and "The form expired" in stale.text
+    text = app.client.post(
+        "/classify",
+        data={"csrf_token": csrf},
+        files={"image": ("notes.txt", b"not a photo", "text/plain")},
+    )
+    assert text.status_code == 415 and 'id="classify-error"' in text.text
+    assert "not a JPEG or PNG image" in text.text and 'name="image"' in text.text  # the form again
 
 
 def test_the_upload_model_follows_the_daemons_model(app, tmp_path):

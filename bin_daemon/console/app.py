@@ -131,6 +131,7 @@ def create_app(
             "bin_name": settings.bin_name,
             "version": __version__,
             "active": name.removesuffix(".html"),
+            "to_review": _to_review(console) if name != "login.html" else 0,
         }
         return templates.TemplateResponse(
             request, name, {**base, **context}, status_code=status_code
@@ -247,13 +248,13 @@ def create_app(
 
     @app.post("/classify", response_class=HTMLResponse)
     async def classify_form(request: Request) -> Response:
-        fields, data, name = await _read_upload(request, console.max_upload_bytes)
-        session = getattr(request.state, "session", None)
-        if session is not None and not csrf_ok(session, fields.get("csrf_token")):
-            return page(request, "error.html", 403, message="The form expired: reload the page.")
         try:
+            fields, data, name = await _read_upload(request, console.max_upload_bytes)
+            session = getattr(request.state, "session", None)
+            if session is not None and not csrf_ok(session, fields.get("csrf_token")):
+                raise ConsoleError(403, "The form expired: reload the page and try again.")
             result, thumbnail = await run_in_threadpool(console.classify, data, name)
-        except ConsoleError as error:
+        except ConsoleError as error:  # shown on the page, above the form
             return page(
                 request,
                 "classify.html",
@@ -361,6 +362,15 @@ def duration(seconds: float) -> str:
     if minutes:
         return f"{minutes} min {secs:02d} s"
     return f"{secs} s"
+
+
+def _to_review(console: Console) -> int:
+    """Items waiting for a person's label, for the navigation's badge."""
+    try:
+        return console.review(limit=99, pending_only=True).to_review
+    except Exception as error:  # a badge must not take a page down
+        log.warning("console: cannot count the items to review (%s)", error)
+        return 0
 
 
 # -- the gate's pieces ------------------------------------------------------------------------

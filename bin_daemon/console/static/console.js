@@ -62,8 +62,12 @@
         throw new Error(detail || "HTTP " + response.status);
       }
       if (!card.classList.contains("done")) {
-        const count = document.querySelector(".tabs a.on .chip");
-        if (count && /^\d+$/.test(count.textContent)) count.textContent = Math.max(0, parseInt(count.textContent, 10) - 1);
+        document.querySelectorAll(".tabs a.on .chip, #to-review").forEach(function (count) {
+          if (!/^\d+$/.test(count.textContent)) return;
+          const left = Math.max(0, parseInt(count.textContent, 10) - 1);
+          count.textContent = left;
+          if (left === 0 && count.id === "to-review") count.hidden = true;
+        });
       }
       card.classList.add("done");
       status.className = "status ok";
