@@ -150,3 +150,9 @@ def test_password_file_is_taken_from_the_config_folder(tmp_path):
     from bin_daemon.config import load_config
 
     assert load_config(path).console_password_file() == tmp_path / "pw"
+
+
+def test_the_bundled_console_section_matches_the_schema_defaults():
+    from bin_daemon.config import ConsoleConfig, load_config
+
+    assert load_config().console == ConsoleConfig()
