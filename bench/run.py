@@ -4,7 +4,9 @@ Runs every runtime in its own fresh process (bench/worker.py), then the daemon o
 hardware, and writes docs/benchmarks.json and this tool's sections of docs/BENCHMARKS.md
 (any other section, such as "## Soak", is kept as it is).
 
-    python bench/run.py [--threads 1 2 4] [--items 500] [--quick]
+    python bench/run.py [--threads 1 2 4] [--items 500] [--quick] [--console-only]
+
+``--console-only``: just the daemon with its web console off vs polled (printed, not written).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ GOALS_TEXT = {
     "ready": "daemon `READY=1` under 2 s from process start",
     "trigger_to_lid": "trigger-to-lid p95 under 30 ms (this machine)",
 }
+BROWSER_REFRESH_S = 2.0
+"""How often the status page asks for its live part (console.refresh_s's default)."""
 QUIET_BUSY = 0.15
 """At most this fraction of the CPUs busy with other work (sampled before and after)."""
 SECTION_START = "<!-- bench/run.py: generated from here -->"
@@ -183,7 +187,7 @@ def worker(runtime: str, threads: int, *extra: str) -> dict:
 # -- the daemon ----------------------------------------------------------------------------
 
 
-def daemon_run(items: int, workdir: Path) -> dict:
+def daemon_run(items: int, workdir: Path, extra: tuple[str, ...] = ()) -> dict:
     """bin-daemon on fake hardware with NOTIFY_SOCKET on our own datagram socket."""
     notify_path = workdir / "notify.sock"
     events_path = workdir / "events.jsonl"
@@ -194,7 +198,7 @@ def daemon_run(items: int, workdir: Path) -> dict:
     exe = Path(sys.executable).parent / "bin-daemon"
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "bin_daemon"]
     command += ["run", "--hardware", "fake", "--images", str(SAMPLES.relative_to(ROOT)),
-                "--max-items", str(items), "--events", str(events_path)]  # fmt: skip
+                "--max-items", str(items), "--events", str(events_path), *extra]  # fmt: skip
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "STATE_DIRECTORY": str(workdir)}
     for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
         env.pop(name, None)
@@ -262,6 +266,137 @@ def daemon_run(items: int, workdir: Path) -> dict:
         "unsure": sum(1 for r in records if r.get("unsure")),
         "latency_ms": stats,
     }
+
+
+# -- the daemon with its web console polled -------------------------------------------------
+
+
+def console_run(items: int, workdir: Path, rounds: int = 3) -> dict:
+    """Trigger to lid with the web console off, on with a browser polling its status page,
+    and on with a client polling it back to back; each run its own daemon process.
+
+    The three take turns for ``rounds`` rounds (a shared machine's load drifts); each
+    condition reports its median round by trigger-to-lid p95, all rounds' p95 kept.
+    """
+    import base64
+    import threading
+    import urllib.error
+    import urllib.request
+
+    default = (ROOT / "bin_daemon" / "default_config.yaml").read_text()
+    password = "bench-console-password"
+    (workdir / "console_password").write_text(password + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    on = default.replace("  listen: null", f"  listen: 127.0.0.1:{port}", 1)
+    on = on.replace("  password_file: null", f"  password_file: {workdir / 'console_password'}", 1)
+    if f"127.0.0.1:{port}" not in on or "password_file: null" in on:
+        raise SystemExit("bench: the default config has no console.listen line to set")
+    pauses = {"off": None, "browser": BROWSER_REFRESH_S, "polled": 0.0}
+    token = base64.b64encode(f"bench:{password}".encode()).decode()
+
+    def poll(stop: threading.Event, pause_s: float, served: list, refused: list) -> None:
+        """What the status page fetches: every 2 s like a browser, or as fast as it is
+        answered (429s not heeded)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/partials/status",
+            headers={"Authorization": f"Basic {token}"},
+        )
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    response.read()
+                served.append((time.perf_counter() - started) * 1000)
+                stop.wait(pause_s)
+            except urllib.error.HTTPError as error:  # 429: over the console's budget
+                error.read()
+                refused.append((time.perf_counter() - started) * 1000)
+            except OSError:
+                time.sleep(0.01)  # not listening yet (or any more)
+
+    done: dict[str, list[dict]] = {name: [] for name in pauses}
+    for round_ in range(1, rounds + 1):
+        for name, pause_s in pauses.items():
+            folder = workdir / f"console-{name}-{round_}"
+            folder.mkdir()
+            (folder / "config.yaml").write_text(default if pause_s is None else on)
+            stop = threading.Event()
+            served: list[float] = []
+            refused: list[float] = []
+            client = threading.Thread(
+                target=poll, args=(stop, pause_s or 0.0, served, refused), daemon=True
+            )
+            if pause_s is not None:
+                client.start()
+            try:
+                run = daemon_run(items, folder, ("--config", str(folder / "config.yaml")))
+            finally:
+                stop.set()
+            if client.is_alive():
+                client.join(10)
+            run["requests"], run["refused_429"] = len(served), len(refused)
+            if served:
+                run["request_ms"] = {
+                    "p50": round(percentile(served, 50), 2),
+                    "p95": round(percentile(served, 95), 2),
+                }
+                run["requests_per_s"] = round(len(served) / run["wall_s"], 1)
+            t2l = run["latency_ms"]["trigger_to_lid"]
+            log(
+                f"console round {round_} {name}: trigger-to-lid p50 {t2l['p50']} ms, "
+                f"p95 {t2l['p95']} ms, {len(served)} page requests"
+            )
+            done[name].append(run)
+    runs: dict[str, dict] = {}
+    for name, results in done.items():
+        by_p95 = sorted(results, key=lambda r: r["latency_ms"]["trigger_to_lid"]["p95"])
+        chosen = dict(by_p95[len(by_p95) // 2])
+        chosen["trigger_to_lid_p95_each_round"] = [
+            r["latency_ms"]["trigger_to_lid"]["p95"] for r in results
+        ]
+        runs[name] = chosen
+    if not runs["polled"]["requests"] or not runs["browser"]["requests"]:
+        raise SystemExit("bench: the polling client got no answer from the console")
+    return runs
+
+
+def console_markdown(console: dict) -> list[str]:
+    off, polled = console["off"], console["polled"]
+    browser = console.get("browser")
+    lines = [
+        "## The daemon with its web console polled",
+        "",
+        "Daemon runs as above, each its own process: console off; console on "
+        "(`console.listen: 127.0.0.1:PORT`) with one client fetching the status page's live "
+        "part (`/partials/status`, HTTP Basic) every 2 s like a browser; and with a client "
+        "fetching it back to back for the whole run, not heeding 429s. The three take turns "
+        "for three rounds (a shared machine's load drifts); each row is the median round by "
+        "p95. "
+        f"{polled['requests']} page requests were answered "
+        f"({polled.get('requests_per_s', 0)}/s; p50 {polled['request_ms']['p50']} ms, p95 "
+        f"{polled['request_ms']['p95']} ms each) and {polled['refused_429']} refused with 429 "
+        "(over `console.max_requests_per_s`, 10/s by default).",
+        "",
+        "| run | items | trigger to lid p50 ms | p95 ms | p95 each round | max ms | "
+        "items/s after READY | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    named = [("console off", off)]
+    if browser is not None:
+        named.append(("console on, a browser (every 2 s)", browser))
+    named.append(("console on, polled back to back", polled))
+    for name, run in named:
+        t2l = run["latency_ms"]["trigger_to_lid"]
+        rounds = ", ".join(fmt(v, 1) for v in run.get("trigger_to_lid_p95_each_round", []))
+        lines.append(
+            f"| {name} | {run['items']} | {fmt(t2l['p50'], 2)} | {fmt(t2l['p95'], 2)} | "
+            f"{rounds or '-'} | {fmt(t2l['max'], 2)} | {run['items_per_s_after_ready']} | "
+            f"{run['peak_rss_mb']} |"
+        )
+    lines.append("")
+    return lines
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -338,6 +473,7 @@ def build_results(args, runs, convert, daemon, context) -> dict:
         "keras_weights": convert["weights"],
         "runs": runs,
         "daemon": daemon,
+        "console": context.get("console"),
         "projection": {
             "label": "PROJECTION, not measured",
             "formula": (
@@ -499,6 +635,8 @@ def markdown(res: dict) -> str:
     for name, key in steps:
         s = lat[key]
         lines.append(f"| {name} | {fmt(s['p50'], 2)} | {fmt(s['p95'], 2)} | {fmt(s['max'], 2)} |")
+    if res.get("console"):
+        lines += ["", *console_markdown(res["console"])]
     p = res["projection"]
     lines += [
         "",
@@ -583,7 +721,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few runs: a smoke test")
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     parser.add_argument("--command", default="make bench", help="how this run was started")
+    parser.add_argument(
+        "--console-only",
+        action="store_true",
+        help="only the web console's piece: print its numbers as JSON, write nothing",
+    )
     args = parser.parse_args(argv)
+    if args.console_only:
+        with tempfile.TemporaryDirectory(prefix="bin-daemon-bench-") as tmp:
+            busy = others_running()
+            console = console_run(args.items, Path(tmp))
+        print(json.dumps({"console": console, "others_running": busy}, indent=2))
+        print("\n".join(console_markdown(console)))
+        return 0
     started = time.monotonic()
     before = others_running()
     if not is_quiet(before):
@@ -635,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
             f"daemon: READY {daemon['ready_s']} s, trigger-to-lid p95 "
             f"{daemon['latency_ms']['trigger_to_lid']['p95']} ms"
         )
+        log(f"daemon with the web console: {args.items} items, console off / on and polled")
+        console = console_run(args.items, workdir)
     after = others_running()
     quiet = is_quiet(before) and is_quiet(after)
     context = {
@@ -648,6 +800,7 @@ def main(argv: list[str] | None = None) -> int:
         "quiet": quiet,
         "mobilenet_v2": mnv2,
         "model": model,
+        "console": console,
     }
     results = build_results(args, runs, convert, daemon, context)
     if args.quick:

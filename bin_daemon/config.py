@@ -417,6 +417,89 @@ class TelemetryConfig(_Section):
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
 
 
+# --- the web console (bin_daemon/console/; issue 14) ------------------------------------
+
+CONSOLE_PASSWORD_HELP = (
+    "a password does not belong in the config file: put it in /etc/bin-daemon/console_password "
+    "(mode 0600) and load it with LoadCredential=console_password:/etc/bin-daemon/"
+    "console_password in a drop-in (systemd/bin-daemon.service.d/console.conf.example), or "
+    "name a file with console.password_file"
+)
+_LISTEN = re.compile(
+    r"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})$"
+)
+
+
+class ConsoleConfig(_Section):
+    listen: str | None = Field(
+        None,
+        description="HOST:PORT the web console listens on, e.g. 127.0.0.1:8080 (this Pi only) "
+        "or 0.0.0.0:8080 (the local network; open the port with the systemd drop-in); "
+        "null = no console",
+    )
+    password_file: Path | None = Field(
+        None,
+        description="File whose first line is the console password; null = the systemd "
+        "credential console_password ($CREDENTIALS_DIRECTORY/console_password). A relative "
+        "path is taken from the config file's folder.",
+    )
+    password: Any = Field(None, exclude=True, description="Refused: see password_file")
+    session_hours: float = Field(
+        12, gt=0, le=720, description="A browser stays logged in this long"
+    )
+    max_upload_mb: float = Field(
+        10, gt=0, le=50, description="Larger uploads on the classify page are refused"
+    )
+    max_upload_megapixels: float = Field(
+        25,
+        gt=0,
+        le=64,
+        description="Uploaded images with more pixels are refused before decoding (memory)",
+    )
+    recent_items: int = Field(12, ge=1, le=100, description="Items on the status page")
+    refresh_s: float = Field(
+        2.0, ge=0.5, le=60, description="How often the status page updates itself"
+    )
+    max_login_failures: int = Field(
+        5, ge=1, le=100, description="Wrong passwords per client per minute before it must wait"
+    )
+    max_requests_per_s: float = Field(
+        10,
+        gt=0,
+        le=1000,
+        description="Pages and API calls per second, all clients together (bursts of 3x); "
+        "more are answered 429, so no client can keep the daemon's process busy",
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _no_password(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(CONSOLE_PASSWORD_HELP)
+        return None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _check_listen(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        value = str(value)
+        match = _LISTEN.match(value.strip())
+        if not match or not 1 <= int(match.group("port")) <= 65535:
+            raise ValueError(
+                f"listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080, 0.0.0.0:8080 or "
+                "[::1]:8080 (port 1-65535)"
+            )
+        return value.strip()
+
+    def host_port(self) -> tuple[str, int]:
+        """``listen`` split into (host, port); only when it is set."""
+        assert self.listen is not None
+        match = _LISTEN.match(self.listen)
+        assert match is not None
+        return match.group("ip6") or match.group("host"), int(match.group("port"))
+
+
 class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     sensor: SensorConfig = Field(description="The proximity sensor that detects an item")
@@ -429,6 +512,7 @@ class Config(_Section):
     site: SiteConfig = Field(default_factory=SiteConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     source: str = Field("<built-in>", exclude=True, description="Where this config was read")
 
     def cross_check_errors(self) -> list[tuple[tuple[str, ...], str]]:
@@ -565,6 +649,12 @@ class Config(_Section):
 
     def prometheus_path(self) -> Path | None:
         path = self.telemetry.prometheus.textfile_path
+        if path is None or path.is_absolute() or self.source.startswith("<"):
+            return path
+        return Path(self.source).parent / path
+
+    def console_password_file(self) -> Path | None:
+        path = self.console.password_file
         if path is None or path.is_absolute() or self.source.startswith("<"):
             return path
         return Path(self.source).parent / path

@@ -105,3 +105,20 @@ def test_tta_row_is_the_median_process_named_as_its_own_runtime(monkeypatch):
     assert row["runtime"] == "int8-tta" and row["runtime"] in run.RUNTIME_NAMES
     assert row["p50_ms"] == 2.0 and row["p50_ms_each_process"] == [3.0, 1.0, 2.0]
     assert row["processes"] == 3
+
+
+def test_console_section_reports_both_runs():
+    run = load_bench_module("run")
+    latency = {"trigger_to_lid": {"p50": 15.7, "p95": 43.1, "max": 245.8}}
+    off = {"items": 1000, "latency_ms": latency, "items_per_s_after_ready": 45.7,
+           "peak_rss_mb": 135.7, "requests": 0, "refused_429": 0}  # fmt: skip
+    polled = {**off, "requests": 265, "refused_429": 0, "requests_per_s": 10.2,
+              "request_ms": {"p50": 98.8, "p95": 115.3}}  # fmt: skip
+    lines = run.console_markdown({"off": off, "polled": polled})
+    assert lines[0] == "## The daemon with its web console polled"
+    rows = [line for line in lines if line.startswith("| console")]
+    assert rows == [
+        "| console off | 1000 | 15.70 | 43.10 | - | 245.80 | 45.7 | 135.7 |",
+        "| console on, polled back to back | 1000 | 15.70 | 43.10 | - | 245.80 | 45.7 | 135.7 |",
+    ]
+    assert "265 page requests were answered" in "\n".join(lines)

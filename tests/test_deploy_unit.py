@@ -194,7 +194,7 @@ def test_mqtt_drop_in_opens_only_what_mqtt_needs() -> None:
 
 
 @pytest.mark.usefixtures("needs_analyze")
-@pytest.mark.parametrize("name", ["mqtt", "prometheus"])
+@pytest.mark.parametrize("name", ["mqtt", "prometheus", "console"])
 def test_verify_is_clean_with_the_drop_in(staged_root: Path, name: str) -> None:
     folder = staged_root / "etc/systemd/system/bin-daemon.service.d"
     folder.mkdir(parents=True)
@@ -233,3 +233,41 @@ def test_the_drop_ins_documented_dns_alternatives_parse(
         assert done.returncode == 0 and done.stderr == "", done.stderr
     else:
         assert allow in done.stderr, done.stderr
+
+
+# ----------------------------------------------------------------- the console drop-in
+
+
+def test_console_drop_in_opens_exactly_the_console_port() -> None:
+    values = directives(DROP_INS / "console.conf.example")
+    assert values["Service.PrivateNetwork"] == ["no"]
+    assert values["Service.RestrictAddressFamilies"] == ["", "AF_UNIX AF_NETLINK AF_INET AF_INET6"]
+    assert values["Service.SocketBindAllow"] == ["tcp:8080"]  # the example's console.listen
+    assert values["Service.SocketBindDeny"] == ["any"]  # no other port may be bound
+    assert values["Service.IPAddressAllow"] == ["localhost"]  # this Pi; the LAN is opt-in
+    assert values["Service.LoadCredential"] == ["console_password:/etc/bin-daemon/console_password"]
+    default = (REPO / "bin_daemon" / "default_config.yaml").read_text()
+    assert "127.0.0.1:8080" in default  # the port the drop-in opens is the one it suggests
+
+
+def _exposure_with(tmp_path: Path, drop_in: str) -> float:
+    units = tmp_path / "etc/systemd/system"
+    (units / "bin-daemon.service.d").mkdir(parents=True)
+    shutil.copy(UNIT, units / "bin-daemon.service")
+    (units / "bin-daemon.service.d" / "console.conf").write_text(drop_in)
+    done = _analyze("security", "--offline=true", f"--root={tmp_path}", "bin-daemon.service")
+    match = re.search(r"Overall exposure level for bin-daemon\.service: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout[-500:] + done.stderr
+    return float(match.group(1))
+
+
+@pytest.mark.usefixtures("needs_analyze")
+def test_security_exposure_with_the_console_drop_in_is_at_most_2(tmp_path: Path) -> None:
+    example = (DROP_INS / "console.conf.example").read_text()
+    exposure = _exposure_with(tmp_path / "local", example)
+    assert exposure <= MAX_EXPOSURE
+    checks = (REPO / "docs" / "DEPLOY_CHECKS.md").read_text()
+    assert f"console drop-in: exposure {exposure:.1f}" in checks
+    # opened to a local network as well, as its comment suggests
+    lan = example.replace("IPAddressAllow=localhost", "IPAddressAllow=localhost 192.168.1.0/24")
+    assert _exposure_with(tmp_path / "lan", lan) <= MAX_EXPOSURE

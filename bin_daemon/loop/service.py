@@ -167,6 +167,7 @@ class Service:
         monotonic: Callable[[], float] = time.monotonic,
         classifier_factory: Callable[[Config], Any] | None = None,
         store_factory: Callable[[Path], ModelStore] = ModelStore,
+        console_hooks: Any = None,
     ) -> None:
         self.options = options
         self.stop = threading.Event()
@@ -201,6 +202,14 @@ class Service:
         """bin_daemon.site.runtime.SiteClassifier: the model with the site head applied."""
         self._policy: Policy | None = None
         self._site_checked = float("-inf")
+        # the web console (bin_daemon/console/): hooks = console.state.Hooks (on_correction,
+        # extra_labels, fill_levels); None = none of them
+        self.console_hooks: Any = console_hooks
+        self.console: Any = None
+        self._corrections: queue.SimpleQueue[tuple[str, str, Path]] = queue.SimpleQueue()
+        """Frames corrected on the console, to teach the site store between items."""
+        self._started_wall = time.time()
+        self._started_mono = time.monotonic()
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -328,6 +337,7 @@ class Service:
                 self.event_log.path if self.event_log is not None else "off",
             )
             self.notifier.ready(self._status())
+            self._start_console(config)
             self._last_watchdog = float("-inf")  # the loop's first iteration pings at once
             self._loop(config.timing.poll_interval_s)
         finally:
@@ -336,6 +346,7 @@ class Service:
                 if self.sorter is not None:
                     self.sorter.shutdown()
             finally:
+                self._stop_console()  # after the lids are closed: they come first
                 self.lid_guard.stop()
                 hardware.close()
                 if events_file is not None:
@@ -361,6 +372,7 @@ class Service:
                 self._apply_rollout(*self._swaps.get_nowait())
                 poll_interval_s = self._config.timing.poll_interval_s
             self._heartbeat()
+            self._teach_corrections()
             self._refresh_site()
             event = self.sorter.poll()
             if self.fill is not None:  # fill levels: between items only, never waiting
@@ -416,6 +428,8 @@ class Service:
             log.warning("sensor, camera or servo settings changed: restart the service to apply")
         if config.telemetry != self._config.telemetry:
             log.warning("telemetry settings changed: restart the service to apply them")
+        if config.console != self._config.console:
+            log.warning("console settings changed: restart the service to apply them")
         journal.setup_logging(config.logging.level, journal=self._journal)
         self._close_site()
         self.site = site
@@ -583,18 +597,104 @@ class Service:
         log.error("roll-out %s rolled back: %s", request.sha256[:12], reason)
         self.telemetry.report_model(outcome("rolled_back", reason, request))
 
-    def _status(self) -> str:
-        if self.sorter is None:
-            return "starting"
-        faults = {**self.sorter.faults, **self.faults}
+    def _faults(self) -> dict[str, str]:
+        assert self.sorter is not None
+        faults = {**self.sorter.faults.copy(), **self.faults.copy()}
         telemetry_fault = self.telemetry.fault() if self.telemetry is not None else None
         if telemetry_fault:
             faults["telemetry"] = telemetry_fault
         if self.fill is not None:
             faults.update(self.fill.faults())
-        text = self.sorter.counts.status(self.sorter.state, faults)
+        return faults
+
+    def _status(self) -> str:
+        if self.sorter is None:
+            return "starting"
+        text = self.sorter.counts.status(self.sorter.state, self._faults())
         full = self.fill.status_text() if self.fill is not None else ""
         return f"{full}; {text}" if full else text
+
+    # -- the web console (bin_daemon/console/) ---------------------------------------------
+
+    def _start_console(self, config: Config) -> None:
+        """The console, when ``console.listen`` is set; it never stops the sorting."""
+        if config.console.listen is None:
+            return
+        from bin_daemon.console.runner import ConsoleRunner
+
+        hooks = self.console_hooks or self._console_hooks()
+        self.console = ConsoleRunner(config, self.console_view, hooks=hooks)
+        if not self.console.start():
+            self.console = None
+
+    def _console_hooks(self) -> Any:
+        """What the console plugs into: corrections teach the site store, the site's labels
+        are offered on the review page, the fill monitor's levels are shown."""
+        from bin_daemon.console.state import Hooks
+
+        return Hooks(
+            on_correction=self._queue_correction,
+            extra_labels=self._site_labels,
+            fill_levels=self.fill.levels if self.fill is not None else None,
+        )
+
+    def _queue_correction(self, item_id: str, label: str, frame: Path | None) -> None:
+        """The console's correction hook, called from its thread: the frame is taught by the
+        loop between items (the model's interpreter is the loop's alone)."""
+        if frame is not None:
+            self._corrections.put((item_id, label, frame))
+
+    def _teach_corrections(self) -> None:
+        """Between items: add the frames corrected on the console to the site store (the
+        head is refitted by ``_refresh_site``)."""
+        from bin_daemon.site.teach import teach
+
+        while not self._corrections.empty():
+            item_id, label, frame = self._corrections.get_nowait()
+            if self.site is None or self.site.store is None:
+                log.warning(
+                    "console: item %s labelled %r, but no site store is open", item_id, label
+                )
+                continue
+            try:
+                teach(self.site.store, self.site, label=label, rgb_or_path=frame, item_id=item_id)
+            except BinDaemonError as error:
+                log.warning("console: item %s: the site store did not take it: %s", item_id, error)
+                continue
+            self._site_checked = float("-inf")  # refit now, not in a second
+            log.info("site store: item %s taught as %r (corrected on the console)", item_id, label)
+
+    def _stop_console(self) -> None:
+        if self.console is not None:
+            self.console.stop()
+
+    def console_view(self) -> Any:
+        """A snapshot of the live state for the console (called from its threads)."""
+        from bin_daemon.console.state import DaemonView
+
+        assert self.sorter is not None and self._policy is not None
+        classifier = self.sorter.classifier
+        config = self._config
+        telemetry = self.telemetry
+        mqtt = telemetry is not None and telemetry.mqtt is not None
+        return DaemonView(
+            state=self.sorter.state.value,
+            items_since_start=self.sorter.counts.items,
+            faults=self._faults(),
+            model_dir=classifier.model_path.parent,
+            model_sha256=classifier.sha256,
+            model_version=classifier.version,
+            labels=tuple(classifier.labels),
+            unsure_threshold=self._policy.unsure_threshold,
+            bins={name: tuple(b.labels) for name, b in config.bins.items()},
+            fallback_bin=config.fallback_bin,
+            decide=self._policy.decide,
+            spool=self._spool,
+            started_at=self._started_wall,
+            uptime_s=time.monotonic() - self._started_mono,
+            telemetry_configured=mqtt,
+            telemetry_connected=telemetry.connected if mqtt else None,
+        )
 
     def _summary(self) -> str:
         assert self.sorter is not None

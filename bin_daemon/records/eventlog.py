@@ -15,6 +15,10 @@ SQLite (stdlib ``sqlite3``) in WAL mode, one row per item, ``item_id`` UNIQUE:
 ``event_json`` holds exactly what ``run --events`` writes for the item (one JSON line), so
 ``bin-daemon events --json`` and ``--events`` files are interchangeable. ``published_at``
 is NULL until a publisher (the MQTT offline queue) marks the row as sent.
+
+A person can correct a decision (the web console's review page): ``corrected_label`` and
+``corrected_at`` are set beside the model's own ``label``, which stays as it was; readers
+add both to the record when they are set.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from bin_daemon.records.events import SortEvent, iso_utc
 log = logging.getLogger(__name__)
 
 FILE_NAME = "events.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: corrected_label and corrected_at (added to a version 1 file when it is opened)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -53,7 +58,9 @@ CREATE TABLE IF NOT EXISTS events (
     error        TEXT,
     event_json   TEXT    NOT NULL,             -- the record, as `run --events` writes it
     recorded_at  TEXT    NOT NULL,             -- when the row was last written
-    published_at TEXT                          -- NULL until a publisher (MQTT) has sent it
+    published_at TEXT,                         -- NULL until a publisher (MQTT) has sent it
+    corrected_label TEXT,                      -- NULL unless a person corrected the label
+    corrected_at TEXT
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_unpublished ON events (id) WHERE published_at IS NULL;
@@ -130,6 +137,8 @@ class EventLog:
                 raise sqlite3.DatabaseError(
                     f"schema version {version} is newer than this program's {SCHEMA_VERSION}"
                 )
+            for column in _CORRECTION_COLUMNS - _columns(self._db):  # a version 1 file
+                self._db.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (OSError, sqlite3.Error) as error:
             raise BinDaemonError(f"{self.path}: cannot open the event log ({error})") from error
@@ -225,9 +234,124 @@ class EventLog:
             log.info("event log: deleted %d items older than %g days", deleted, self.keep_days)
         return deleted
 
+    # -- corrections and queries (the web console) --------------------------------------
+
+    def record_correction(self, item_id: str, label: str) -> None:
+        """A person's label for an item: kept beside the model's, which is not changed.
+
+        Fsynced (a person's work is not redone). :class:`UnknownItemError` if no row has
+        ``item_id``. A second correction replaces the first.
+        """
+        try:
+            if self._synchronous != "FULL":
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._synchronous = "FULL"
+            changed = self._db.execute(
+                "UPDATE events SET corrected_label = ?, corrected_at = ? WHERE item_id = ?",
+                (label, _now_iso(), item_id),
+            ).rowcount
+        except sqlite3.Error as error:
+            raise BinDaemonError(f"{self.path}: cannot write the event log ({error})") from error
+        if not changed:
+            raise UnknownItemError(f"no item {item_id} in the event log {self.path}")
+
+    def recent(
+        self, *, limit: int = 50, since: str | None = None, unsure_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """The newest records first (as :func:`read_events` gives them), at most ``limit``."""
+        query = f"SELECT {_RECORD_COLUMNS} FROM events"
+        clauses: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            clauses.append("ts >= ?")
+            args.append(since)
+        if unsure_only:
+            clauses.append("unsure = 1")
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY ts DESC, id DESC LIMIT ?"
+        return [_record(*row) for row in self._read(query, (*args, limit))]
+
+    def records_after(
+        self, after_id: int, *, since: str | None = None, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(row id, record) in insertion order after row ``after_id``: a long export in pages."""
+        query = f"SELECT id, {_RECORD_COLUMNS} FROM events WHERE id > ?"
+        args: tuple[Any, ...] = (after_id,)
+        if since is not None:
+            query += " AND ts >= ?"
+            args += (since,)
+        rows = self._read(query + " ORDER BY id LIMIT ?", (*args, limit))
+        return [(row[0], _record(*row[1:])) for row in rows]
+
+    def find(self, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The records of these items that are in the log, by item id."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = item_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {_RECORD_COLUMNS} FROM events WHERE item_id IN ({marks})"
+            for row in self._read(query, tuple(chunk)):
+                record = _record(*row)
+                found[record["item_id"]] = record
+        return found
+
+    def counts_by_bin(self, *, since: str) -> dict[str, int]:
+        """Items per bin from ``since`` (ISO UTC) on."""
+        query = "SELECT bin, count(*) FROM events WHERE ts >= ? GROUP BY bin"
+        return {name: int(n) for name, n in self._read(query, (since,))}
+
+    def count_unsure(self, *, since: str) -> int:
+        """Unsure items from ``since`` (ISO UTC) on."""
+        return int(
+            self._read("SELECT count(*) FROM events WHERE ts >= ? AND unsure = 1", (since,))[0][0]
+        )
+
+    def corrected_labels(self) -> list[str]:
+        """Every label people have given, most used first."""
+        query = (
+            "SELECT corrected_label FROM events WHERE corrected_label IS NOT NULL "
+            "GROUP BY corrected_label ORDER BY count(*) DESC, corrected_label"
+        )
+        return [label for (label,) in self._read(query, ())]
+
+    def _read(self, query: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(query, args).fetchall()
+        except sqlite3.Error as error:
+            raise BinDaemonError(f"{self.path}: cannot read the event log ({error})") from error
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
+
+
+class UnknownItemError(BinDaemonError):
+    """A correction for an item the event log does not have."""
+
+
+_CORRECTION_COLUMNS = frozenset({"corrected_label", "corrected_at"})
+_RECORD_COLUMNS = "event_json, published_at, corrected_label, corrected_at"
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in db.execute("PRAGMA table_info(events)")}
+
+
+def _record(
+    event_json: str,
+    published_at: str | None,
+    corrected_label: str | None = None,
+    corrected_at: str | None = None,
+) -> dict[str, Any]:
+    """A row as a record: the event's JSON plus what was added later, when set."""
+    record = json.loads(event_json)
+    if published_at is not None:
+        record["published_at"] = published_at
+    if corrected_label is not None:
+        record["corrected_label"] = corrected_label
+        record["corrected_at"] = corrected_at
+    return record
 
 
 def _row(event: SortEvent) -> dict[str, Any]:
@@ -281,16 +405,16 @@ def read_events(path: str | Path, *, since: str | None = None) -> Iterator[dict[
     except sqlite3.Error as error:
         raise BinDaemonError(f"{path}: cannot open the event log ({error})") from error
     try:
-        query = "SELECT event_json, published_at FROM events"
+        columns = _RECORD_COLUMNS
+        if not _columns(db) >= _CORRECTION_COLUMNS:  # a version 1 file not opened since
+            columns = "event_json, published_at"
+        query = f"SELECT {columns} FROM events"
         args: tuple[str, ...] = ()
         if since is not None:
             query += " WHERE ts >= ?"
             args = (since,)
-        for event_json, published_at in db.execute(query + " ORDER BY ts, id", args):
-            record = json.loads(event_json)
-            if published_at is not None:
-                record["published_at"] = published_at
-            yield record
+        for row in db.execute(query + " ORDER BY ts, id", args):
+            yield _record(*row)
     except sqlite3.Error as error:
         raise BinDaemonError(f"{path}: cannot read the event log ({error})") from error
     finally:
@@ -307,6 +431,8 @@ def table_line(record: dict[str, Any]) -> str:
         f"{record.get('ts', ''):<24}  {record.get('item_id', ''):<34}  {label:<10} {conf:>4}  "
         f"{record.get('bin', ''):<10} {unsure:<6}  {record.get('lid', '')}"
     )
+    if record.get("corrected_label"):
+        line += f"  corrected: {record['corrected_label']}"
     if record.get("error"):
         line += f"  {record['error']}"
     return line.rstrip()

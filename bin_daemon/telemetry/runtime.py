@@ -149,6 +149,11 @@ class Telemetry:
         """``mqtt: ...`` while the broker cannot be reached (for STATUS=degraded)."""
         return self._fault
 
+    @property
+    def connected(self) -> bool | None:
+        """Whether the MQTT broker has the bin now; None without MQTT (the web console)."""
+        return None if self.mqtt is None else self._connected
+
     def report_model(self, report: dict[str, Any]) -> None:
         """Publish a roll-out's outcome on ``status/model`` (retained); any thread."""
         report = {**report, "ts": iso_utc(time.time()), "model": self._model_sha()}
