@@ -189,7 +189,9 @@ def test_a_correction_on_the_console_teaches_the_site_store_between_items(tmp_pa
             return
         review = get(port, "/api/review?show=all")[1]["items"]
         if review:
-            answers.append(post(port, f"/api/review/{review[0]['item_id']}", {"label": "Coffee Cup"}))
+            answers.append(
+                post(port, f"/api/review/{review[0]['item_id']}", {"label": "Coffee Cup"})
+            )
 
     service = Service(
         RunOptions(config_path, "fake", SAMPLES, max_items=4),

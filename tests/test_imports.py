@@ -21,7 +21,10 @@ ADAPTERS: dict[str, str | set[str]] = {
     "paho": "telemetry/mqtt.py",
     "systemd": "records/journal.py",
     "ruamel": "config.py",
-    "pydantic": "config.py",
+    "pydantic": {"config.py", "console/state.py"},  # the config tree; the console's JSON
+    "fastapi": "console/app.py",
+    "starlette": "console/app.py",
+    "uvicorn": "console/app.py",
     "cryptography": "model/signing.py",
     "prometheus_client": "telemetry/prometheus.py",
     "tensorflow": {"training/export.py", "training/embedding_output.py"},
