@@ -1,0 +1,361 @@
+"""The site head: the model's own last layer, re-fitted in numpy on what this site taught it.
+
+Chosen by measurement (docs/SITE.md, docs/site_experiments.json). Three steps, all numpy:
+
+1. **Re-centre** (when every model label has been taught at least once and the model card
+   carries the training split's mean logits): the site's class-balanced mean embedding is
+   subtracted and the training split's mean logits take its place, so a consistent site
+   shift (background, colour cast, blur) no longer moves every item towards one class.
+   In logits: ``z = W0 (x - mean_site) + mean_train_logits``.
+2. **Fine-tune the model's own last layer** (``W0``, ``b0`` read from the ``.tflite``,
+   dequantised; the calibration temperature is folded into it) on the taught examples,
+   class-balanced cross-entropy with an L2 pull towards where it started (the pull is
+   per example taught: few examples move it little). A label the model does not know gets
+   a new row, *imprinted* (Qi, Brown & Lowe 2018) from its examples' mean embedding, then
+   fine-tuned with the rest.
+3. **Recalibrate**: with enough examples (``MIN_FOR_RECALIBRATION``), a temperature fitted
+   on cross-validated logits of the taught examples (never sharper than the model's own), so
+   the model card's unsure threshold keeps its meaning; ``unsure_threshold`` stays None.
+
+Without the model file (``model_path=None``) the head falls back to nearest class means of
+the L2-normalised embeddings fused with the model's probabilities (measured weaker).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bin_daemon.errors import BinDaemonError
+from bin_daemon.model.classifier import load_interpreter_class
+
+CARD_FILE = "model_card.json"
+REFERENCE_KEY = "embedding_reference"  # {"mean_logits": [K floats], "split": ..., "n": ...}
+L2_PER_EXAMPLE = 5.0  # the pull towards the model's layer, divided by the examples taught
+BIAS_L2 = 1.0  # the biases' pull, relative to the weights'
+STEPS = 200  # full-batch gradient steps (Nesterov momentum)
+MIN_FOR_RECALIBRATION = 20  # taught examples before a temperature is fitted on them
+FOLDS = 5
+TEMPERATURES = np.exp(np.linspace(0.0, np.log(4.0), 29))  # 1 .. 4: only ever softer
+NEW_ROW_L2 = 0.1  # a site-only label's row: its pull towards the imprint, relative to the rest
+IMPRINT_MARGIN = 2.0  # a new row's logit on its own examples, above the model's winning logit
+NCM_SCALE = 16.0  # cosine-similarity logits of the fallback without a model file
+
+
+@dataclass(frozen=True)
+class SiteDecision:
+    labels: tuple[str, ...]  # the head's labels: the model's labels first, then site-only labels
+    probs: np.ndarray  # float probabilities over `labels`, summing to 1
+    changed: bool  # the head's top label differs from the model's own top label
+
+
+def read_last_layer(model_path: Path, n_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier layer of an int8 ``.tflite``, dequantised: ``W`` (K, d) and ``b`` (K,).
+
+    The calibration temperature is folded into this layer at export, so ``E @ W.T + b`` are
+    the calibrated logits whose softmax is the model's output. Found by shape: the one int8
+    (K, d) constant with per-class (or one) scales, and its int32 (K,) bias.
+    """
+    interpreter_class, _ = load_interpreter_class()
+    try:
+        interpreter = interpreter_class(model_path=str(model_path))
+    except (ValueError, RuntimeError, OSError) as error:
+        raise BinDaemonError(f"{model_path}: cannot load the model ({error})") from None
+
+    def found(shape: list[int], dtype: type) -> list[dict]:
+        return [
+            d
+            for d in interpreter.get_tensor_details()
+            if list(d["shape"]) == shape
+            and d["dtype"] == dtype
+            and len(d["quantization_parameters"]["scales"]) in (1, n_classes)
+        ]
+
+    weights, biases = found([n_classes, dim], np.int8), found([n_classes], np.int32)
+    if len(weights) != 1 or len(biases) != 1:
+        raise BinDaemonError(
+            f"{model_path}: expected one {n_classes} x {dim} int8 classifier layer with an int32 "
+            f"bias (found {len(weights)} weight and {len(biases)} bias tensors)"
+        )
+    w, b = weights[0], biases[0]
+    w_scale = np.asarray(w["quantization_parameters"]["scales"], np.float64).reshape(-1, 1)
+    w_zero = np.asarray(w["quantization_parameters"]["zero_points"], np.float64).reshape(-1, 1)
+    b_scale = np.asarray(b["quantization_parameters"]["scales"], np.float64)
+    W = (interpreter.get_tensor(w["index"]).astype(np.float64) - w_zero) * w_scale
+    return W, interpreter.get_tensor(b["index"]).astype(np.float64) * b_scale
+
+
+def read_reference(model_path: Path, n_classes: int) -> np.ndarray | None:
+    """The training split's mean calibrated logits from the card beside the model, if recorded."""
+    card_path = model_path.with_name(CARD_FILE)
+    try:
+        card = json.loads(card_path.read_text())
+        values = np.asarray(card[REFERENCE_KEY]["mean_logits"], np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return values if values.shape == (n_classes,) and np.all(np.isfinite(values)) else None
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
+
+
+def _check(embeddings: object, labels: Sequence[str], model_labels: Sequence[str]) -> np.ndarray:
+    if not len(model_labels) or len(set(model_labels)) != len(model_labels):
+        raise BinDaemonError("site head: the model's labels must be non-empty and distinct")
+    try:
+        E = np.asarray(embeddings, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BinDaemonError("site head: embeddings must be a numeric (n, d) array") from None
+    if E.ndim != 2 or E.shape[0] == 0 or E.shape[1] == 0:
+        raise BinDaemonError(
+            f"site head: no examples to fit, or not an (n, d) array of embeddings (got shape "
+            f"{E.shape})"
+        )
+    if len(labels) != E.shape[0]:
+        raise BinDaemonError(
+            f"site head: {E.shape[0]} embeddings but {len(labels)} labels (one label each)"
+        )
+    bad = [i for i, label in enumerate(labels) if not isinstance(label, str) or not label.strip()]
+    if bad:
+        raise BinDaemonError(f"site head: example {bad[0]} has an empty label")
+    if not np.all(np.isfinite(E)):
+        raise BinDaemonError("site head: embeddings contain NaN or infinite values")
+    return E
+
+
+def _fit_layer(
+    X: np.ndarray,
+    y: np.ndarray,
+    W_init: np.ndarray,
+    b_init: np.ndarray,
+    active: np.ndarray,
+    n_model: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced cross-entropy + (L2_PER_EXAMPLE / n) / 2 |W - W_init|^2, gradient descent."""
+    n, K = len(y), W_init.shape[0]
+    Y = np.zeros((n, K))
+    Y[np.arange(n), y] = 1.0
+    counts = np.bincount(y, minlength=K).astype(np.float64)
+    w = 1.0 / counts[y]
+    w /= w.sum()
+    l2 = np.full(K, L2_PER_EXAMPLE / n)
+    l2[n_model:] *= NEW_ROW_L2
+    # Step from the curvature bound of the weighted cross-entropy (<= mean |x|^2 / 2) + l2.
+    step = 0.5 / (0.5 * float((w[:, None] * X**2).sum()) + 1.0 + float(l2.max()))
+    W, b = W_init.copy(), b_init.copy()
+    vW, vb = np.zeros_like(W), np.zeros_like(b)
+    mask = np.where(active, 0.0, -1e9)
+    for _ in range(STEPS):
+        Wl, bl = W + 0.9 * vW, b + 0.9 * vb
+        G = (softmax(X @ Wl.T + bl + mask) - Y) * w[:, None]
+        vW = 0.9 * vW - step * (G.T @ X + l2[:, None] * (Wl - W_init))
+        vb = 0.9 * vb - step * (G.sum(axis=0) + l2 * BIAS_L2 * (bl - b_init))
+        W, b = W + vW, b + vb
+    return W, b
+
+
+class SiteHead:
+    """The model's classes plus what the site taught; ``apply`` runs per frame, in numpy."""
+
+    def __init__(
+        self,
+        labels: tuple[str, ...],
+        n_model: int,
+        *,
+        W: np.ndarray | None,
+        b: np.ndarray | None,
+        centre: np.ndarray | None,
+        temperature: float,
+        prototypes: np.ndarray | None = None,
+        present: np.ndarray | None = None,
+        method: str = "",
+    ) -> None:
+        self.labels = labels
+        self.unsure_threshold: float | None = None
+        self.temperature = temperature
+        self.method = method
+        self._n_model = n_model
+        self._W, self._b, self._centre = W, b, centre
+        self._prototypes, self._present = prototypes, present
+        self._active = np.ones(len(labels), bool) if present is None else present
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        embeddings: np.ndarray,
+        labels: Sequence[str],
+        *,
+        model_labels: Sequence[str],
+        model_path: Path | None = None,
+    ) -> SiteHead:
+        E = _check(embeddings, labels, model_labels)
+        extra = sorted({label for label in labels} - set(model_labels))
+        head_labels = (*model_labels, *extra)
+        index = {label: i for i, label in enumerate(head_labels)}
+        y = np.array([index[label] for label in labels])
+        K = len(model_labels)
+        if model_path is None:
+            return cls._fit_prototypes(E, y, head_labels, K)
+        W0, b0 = read_last_layer(Path(model_path), K, E.shape[1])
+        reference = read_reference(Path(model_path), K)
+        W, b, centre, active = _fit(E, y, W0, b0, reference, len(head_labels))
+        temperature = _recalibrate(E, y, W0, b0, reference, len(head_labels))
+        method = (
+            "recentred + fine-tuned last layer" if centre is not None else "fine-tuned last layer"
+        )
+        return cls(
+            head_labels,
+            K,
+            W=W,
+            b=b,
+            centre=centre,
+            temperature=temperature,
+            present=active,
+            method=method,
+        )
+
+    @classmethod
+    def _fit_prototypes(
+        cls, E: np.ndarray, y: np.ndarray, head_labels: tuple[str, ...], n_model: int
+    ) -> SiteHead:
+        P = np.zeros((len(head_labels), E.shape[1]))
+        present = np.zeros(len(head_labels), bool)
+        for c in np.unique(y):
+            P[c] = _unit(_unit(E[y == c]).mean(axis=0))
+            present[c] = True
+        present[:n_model] = True  # the model's own labels stay possible through its probabilities
+        return cls(
+            head_labels,
+            n_model,
+            W=None,
+            b=None,
+            centre=None,
+            temperature=1.0,
+            prototypes=P,
+            present=present,
+            method="class means fused with the model (no model file)",
+        )
+
+    # -- applying --------------------------------------------------------------------------
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """The head's logits for (n, d) embeddings (temperature applied)."""
+        X = np.asarray(embeddings, np.float64)
+        if self._centre is not None:
+            X = X - self._centre
+        z = (X @ self._W.T + self._b) / self.temperature
+        return np.where(self._active, z, -1e9)
+
+    def apply(self, embedding: np.ndarray, model_probs: np.ndarray) -> SiteDecision:
+        x = np.asarray(embedding, np.float64)
+        p_model = np.asarray(model_probs, np.float64)
+        dim = self._W.shape[1] if self._W is not None else self._prototypes.shape[1]
+        if x.shape != (dim,) or p_model.shape != (self._n_model,):
+            raise BinDaemonError(
+                f"site head: expected an embedding of {dim} values and {self._n_model} model "
+                f"probabilities, got shapes {x.shape} and {p_model.shape}"
+            )
+        if self._W is not None:
+            probs = softmax(self.logits(x[None])[0])
+        else:
+            site = NCM_SCALE * (_unit(x) @ self._prototypes.T)
+            site = np.where(self._present, site, -1e9)
+            model = np.full(len(self.labels), np.log(1e-6))
+            model[: self._n_model] = np.log(np.maximum(p_model, 1e-6))
+            taught = self._present.copy()
+            fused = model + np.where(taught, site - site[taught].max(), 0.0)
+            probs = softmax(fused)
+        top = int(np.argmax(probs))
+        return SiteDecision(self.labels, probs, bool(top != int(np.argmax(p_model))))
+
+
+def _fit(
+    E: np.ndarray,
+    y: np.ndarray,
+    W0: np.ndarray,
+    b0: np.ndarray,
+    reference: np.ndarray | None,
+    n_labels: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """(W, b, centre, active labels): re-centre if possible, imprint new rows, fine-tune."""
+    K, d = W0.shape
+    taught = np.unique(y)
+    centre = None
+    b_start = b0
+    if reference is not None and np.all(np.isin(np.arange(K), taught)):
+        # Class-balanced over the model's labels: the site's mean item.
+        centre = np.mean([E[y == c].mean(axis=0) for c in range(K)], axis=0)
+        b_start = reference
+    X = E - centre if centre is not None else E
+    W_init = np.zeros((n_labels, d))
+    b_init = np.full(n_labels, 0.0)
+    W_init[:K], b_init[:K] = W0, b_start
+    known = X @ W0.T + b_start
+    norm = float(np.linalg.norm(W0, axis=1).mean())
+    for c in range(K, n_labels):
+        members = y == c
+        # Imprinting: the class's mean direction (minus the other taught items' mean when there
+        # are any), at the model's typical row norm; the bias puts its examples' mean logit a
+        # margin above the model's winning logit on them.
+        others = X[~members].mean(axis=0) if np.any(~members) else 0.0
+        W_init[c] = norm * _unit(X[members].mean(axis=0) - others)
+        winning = float(known[members].max(axis=1).mean())
+        b_init[c] = winning + IMPRINT_MARGIN - float((X[members] @ W_init[c]).mean())
+    active = np.ones(n_labels, bool)
+    if not np.any(taught < K):
+        # Only site-only labels taught: no negatives, and fine-tuning would only raise the new
+        # rows everywhere (measured: the other classes fell from 86% to 64%). Imprint only.
+        return W_init, b_init, centre, active
+    W, b = _fit_layer(X, y, W_init, b_init, active, K)
+    return W, b, centre, active
+
+
+def _recalibrate(
+    E: np.ndarray,
+    y: np.ndarray,
+    W0: np.ndarray,
+    b0: np.ndarray,
+    reference: np.ndarray | None,
+    n_labels: int,
+) -> float:
+    """A temperature (>= 1) minimising the cross-validated NLL of the taught examples."""
+    counts = np.bincount(y, minlength=n_labels)
+    if len(y) < MIN_FOR_RECALIBRATION or np.count_nonzero(counts) < 2:
+        return 1.0
+    rng = np.random.default_rng(len(y))
+    fold = np.empty(len(y), int)
+    for c in np.unique(y):  # stratified folds
+        members = rng.permutation(np.flatnonzero(y == c))
+        fold[members] = np.arange(len(members)) % FOLDS
+    held_logits = np.zeros((len(y), n_labels))
+    scored = np.zeros(len(y), bool)
+    for f in range(FOLDS):
+        test = fold == f
+        if not test.any() or test.all():
+            continue
+        W, b, centre, _ = _fit(E[~test], y[~test], W0, b0, reference, n_labels)
+        X = E[test] - centre if centre is not None else E[test]
+        held_logits[test] = X @ W.T + b
+        # Only held-out examples of labels this fold still taught can be scored.
+        scored[test] = np.isin(y[test], y[~test])
+    if np.count_nonzero(scored) < MIN_FOR_RECALIBRATION // 2:
+        return 1.0
+    z, t_y = held_logits[scored], y[scored]
+    nll = [
+        -np.log(np.maximum(softmax(z / t)[np.arange(len(t_y)), t_y], 1e-12)).mean()
+        for t in TEMPERATURES
+    ]
+    return float(TEMPERATURES[int(np.argmin(nll))])
