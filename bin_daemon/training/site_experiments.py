@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +164,8 @@ def fit_site_head(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MO
 SHOTS = (1, 3, 5, 10, 20)
 DRAWS = 10
 THRESHOLD = 0.85  # the model card's unsure threshold
+# docs/BENCHMARKS.md: published Pi 4 MobileNetV2 FP32 XNNPACK ms / the same model timed here.
+PI4_RATIO = 13.16
 
 
 def context(copies: dict, labels: list[str], unlabelled: np.ndarray | None = None) -> M.Context:
@@ -354,9 +357,7 @@ def new_class(
                         **{f"recall_{k}": v for k, v in per_class.items()},
                     }
                 )
-        out.setdefault(regime, {})[str(shots)] = {
-            name: summarise(r) for name, r in rows.items()
-        }
+        out.setdefault(regime, {})[str(shots)] = {name: summarise(r) for name, r in rows.items()}
         _log(
             f"new class {left_out} from {shots} ({regime}): "
             + ", ".join(
@@ -373,26 +374,153 @@ def refit_timing(copies: dict, labels: list[str]) -> dict:
     E = copies["train"]["embeddings"]
     y = copies["train"]["labels"]
     rng = np.random.default_rng(SEED)
-    out = {}
+    out: dict = {
+        "how": "SiteHead.fit with its cross-validated recalibration (median of 5), one "
+        "labelled tenth under a site-only label; CPU seconds of this process (the machine is "
+        "shared, wall time is also given); OMP_NUM_THREADS="
+        + os.environ.get("OMP_NUM_THREADS", "unset"),
+        "load_average": os.getloadavg()[0],
+        "pi4_ratio": PI4_RATIO,
+    }
     for n in (60, 120, 300, 600):
         pick_ = rng.choice(len(y), size=n, replace=False)
         taught = [str(v) for v in y[pick_]]
         # A site-only label among them, as a store with a new class would have.
         taught[: n // 10] = ["coffee_cup"] * (n // 10)
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
+        times, cpu = [], []
+        for _ in range(5):
+            started, started_cpu = time.perf_counter(), time.process_time()
             head = SiteHead.fit(E[pick_], taught, model_labels=labels, model_path=MODEL)
             times.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - started_cpu)
         started = time.perf_counter()
         for i in range(200):
             head.apply(E[i], np.full(len(labels), 1 / len(labels)))
         out[str(n)] = {
             "fit_s_median": round(float(np.median(times)), 4),
+            "fit_cpu_s_median": round(float(np.median(cpu)), 4),
+            "pi4_projected_s": round(float(np.median(cpu)) * PI4_RATIO, 3),
             "apply_ms": round((time.perf_counter() - started) / 200 * 1000, 4),
         }
         _log(f"refit {n} examples: {out[str(n)]}")
     return out
+
+
+PLOTTED = {
+    "model": "model alone",
+    "site_head": "site head (shipped)",
+    "align_taught": "re-centre only",
+    "ft_l2_0.1": "fine-tune last layer (L2 0.1)",
+    "knn_fused_with_model": "k-NN fused with model",
+    "softmax_scratch": "softmax regression from scratch",
+    "ncm": "nearest class mean",
+}
+
+
+def plot(results: dict, path: Path) -> None:
+    """Accuracy on the scoring half against frames taught per class, one panel per copy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, copy in zip(axes, ("site", "camera"), strict=True):
+        table = results["curves"][copy]
+        for name, title in PLOTTED.items():
+            means = [100 * table[str(k)][name]["accuracy"]["mean"] for k in SHOTS]
+            sds = [100 * table[str(k)][name]["accuracy"]["sd"] for k in SHOTS]
+            style = "-" if name == "site_head" else "--" if name == "model" else ":"
+            ax.errorbar(SHOTS, means, yerr=sds, label=title, ls=style, marker="o", ms=3, capsize=2)
+        bound = 100 * table["all"]["site_head"]["accuracy"]["mean"]
+        ax.axhline(bound, color="grey", lw=0.8)
+        ax.text(SHOTS[0], bound + 0.5, "site head on the whole teaching half", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xticks(SHOTS, [str(k) for k in SHOTS])
+        ax.set_xlabel("frames taught per class")
+        ax.set_title(f"{copy} copy of the test split (scoring half)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _cell(entry: dict, key: str = "accuracy") -> str:
+    return f"{100 * entry[key]['mean']:.1f} ± {100 * entry[key]['sd']:.1f}"
+
+
+def tables(results: dict) -> str:
+    """docs/SITE.md's tables (Markdown), from the results."""
+    lines = []
+    for copy in ("site", "camera"):
+        table = results["curves"][copy]
+        columns = [*map(str, SHOTS), "all"]
+        lines += [
+            f"\n**{copy} copy**: accuracy (%) on the scoring half, mean ± sd over draws\n",
+            "| method | "
+            + " | ".join(f"{c}/class" if c != "all" else "whole half" for c in columns)
+            + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name in table["1"]:
+            lines.append(f"| {name} | " + " | ".join(_cell(table[c][name]) for c in columns) + " |")
+        lines += [
+            f"\n{copy} copy, unsure threshold {THRESHOLD}: coverage / accuracy of accepted items (%)\n",
+            "| method | " + " | ".join(f"{c}/class" for c in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name in ("model", "site_head", "ft_l2_0.1", "align_taught"):
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{100 * table[c][name]['coverage']['mean']:.0f} / "
+                    f"{100 * table[c][name]['accepted_accuracy']['mean']:.1f}"
+                    for c in columns
+                )
+                + " |"
+            )
+    check = results["clean_check"]
+    lines += [
+        "\n**Clean test items, store holding camera-condition frames** (accuracy %, scoring half)\n",
+        "| camera frames taught per class | model | site head | drop (points) |",
+        "|---|---|---|---|",
+    ]
+    for shots, row in check.items():
+        lines.append(
+            f"| {shots} | {_cell(row['model'])} | {_cell(row['site_head'])} | "
+            f"{row['clean_accuracy_drop_points']:+.2f} |"
+        )
+    if "new_class" in results:
+        nc = results["new_class"]
+        for regime in ("only_new", "with_known"):
+            lines += [
+                f"\n**New class `{nc['left_out']}`, {regime}**: recall of the new class / "
+                "accuracy on the other classes (%)\n",
+                "| method | 5 photos | 10 photos | 20 photos |",
+                "|---|---|---|---|",
+            ]
+            for name in nc[regime]["5"]:
+                lines.append(
+                    f"| {name} | "
+                    + " | ".join(
+                        f"{100 * nc[regime][k][name]['new_class_recall']['mean']:.1f} / "
+                        f"{100 * nc[regime][k][name]['other_classes_accuracy']['mean']:.1f}"
+                        for k in ("5", "10", "20")
+                    )
+                    + " |"
+                )
+    lines += [
+        "\n| examples | fit, CPU s | fit, wall s | Pi 4 projected s | apply, ms |",
+        "|---|---|---|---|---|",
+    ]
+    for n, row in results["refit_timing"].items():
+        if isinstance(row, dict):
+            lines.append(
+                f"| {n} | {row['fit_cpu_s_median']:.3f} | {row['fit_s_median']:.3f} | "
+                f"{row['pi4_projected_s']:.2f} | {row['apply_ms']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -412,12 +540,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--left-out", default="metal")
     parser.add_argument("--out", type=Path, default=Path("docs/site_experiments.json"))
     parser.add_argument("--draws", type=int, default=DRAWS)
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out")
     parser.add_argument(
         "--write-reference",
         action="store_true",
         help="record the training split's mean logits in models/model_card.json and stop",
     )
     args = parser.parse_args(argv)
+    if args.plot_only:
+        results = json.loads(args.out.read_text())
+        plot(results, args.out.with_name("site_curves.png"))
+        print(tables(results))
+        return 0
     copies = collect()
     labels = Path("models/labels.txt").read_text().split()
     if args.write_reference:
@@ -466,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     results["refit_timing"] = refit_timing(copies, labels)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, args.out.with_name("site_curves.png"))
     return 0
 
 
