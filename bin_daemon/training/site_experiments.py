@@ -246,8 +246,9 @@ def curves(
                 for name, fit in methods.items():
                     predict = fit(ctx, E[taught], y[taught])
                     per_method[name].append(scores(predict(E[score_half]), y[score_half]))
-                if shots == "all":
-                    pass
+            for rows in per_method.values():  # paired with the model, draw by draw
+                for row, base in zip(rows, per_method["model"], strict=True):
+                    row["gain_over_model"] = row["accuracy"] - base["accuracy"]
             table[str(shots)] = {name: summarise(rows) for name, rows in per_method.items()}
             _log(
                 f"{copy} {shots}/class: "
@@ -410,6 +411,7 @@ PLOTTED = {
     "model": "model alone",
     "site_head": "site head (shipped)",
     "align_taught": "re-centre only",
+    "align_unlabelled": "re-centre on every site item, unlabelled (not shipped)",
     "ft_l2_0.1": "fine-tune last layer (L2 0.1)",
     "knn_fused_with_model": "k-NN fused with model",
     "softmax_scratch": "softmax regression from scratch",
@@ -465,6 +467,17 @@ def tables(results: dict) -> str:
         ]
         for name in table["1"]:
             lines.append(f"| {name} | " + " | ".join(_cell(table[c][name]) for c in columns) + " |")
+        lines += [
+            f"\n{copy} copy: gain over the model alone (points), paired by draw, mean ± sd\n",
+            "| method | " + " | ".join(f"{c}/class" for c in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name in ("site_head", "ft_l2_0.1", "align_taught", "align_unlabelled"):
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_cell(table[c][name], "gain_over_model") for c in columns)
+                + " |"
+            )
         lines += [
             f"\n{copy} copy, unsure threshold {THRESHOLD}: coverage / accuracy of accepted items (%)\n",
             "| method | " + " | ".join(f"{c}/class" for c in columns) + " |",
