@@ -160,3 +160,13 @@ def test_apply_refuses_a_wrong_shape_in_one_line(samples):
         head.apply(samples["clean"][0][:100], samples["clean_probs"][0])
     assert "expected an embedding of 1280 values" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_the_site_view_darkens_the_studio_board_and_keeps_the_shape():
+    image = load_image(SAMPLES / "glass" / "glass1.jpg")
+    view = site_view(image)
+    assert view.shape == image.shape and view.dtype == np.uint8
+    corner = (slice(0, 40), slice(0, 40))  # white board in the studio photo
+    assert image[corner].mean() > 150
+    assert view[corner].mean() < 100
+    assert np.array_equal(view, site_view(image))  # one fixed transform
