@@ -26,7 +26,7 @@ from bin_daemon.site.head import REFERENCE_KEY, SiteHead, read_last_layer
 from bin_daemon.training import site_methods as M
 from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET, bin_camera_view
 from bin_daemon.training.site_views import Embedder, site_view
-from bin_daemon.training.split import read_split
+from bin_daemon.training.split import read_split, sha256_file
 
 DATA = Path("../shared/datasets/trashnet")
 MODEL = Path("models/waste_classifier.tflite")
@@ -77,6 +77,7 @@ def embed_copy(
 def collect(data: Path = DATA, cache_dir: Path = CACHE) -> dict[str, dict[str, np.ndarray]]:
     """The shipped model's embeddings of the test split's three copies and the clean train split."""
     embedder = Embedder(MODEL)
+    cache_dir = cache_dir / sha256_file(MODEL)[:12]  # a re-exported model is embedded afresh
     split = read_split(SPLIT)
     test = [s for s in split if s.subset == "test"]
     train = [s for s in split if s.subset == "train"]
@@ -92,6 +93,7 @@ def collect_new_class(
 ) -> dict[str, dict[str, np.ndarray]]:
     """The 5-class model's embeddings: its own test split, and every image of ``left_out``."""
     embedder = Embedder(model_dir / "waste_classifier.tflite")
+    cache_dir = cache_dir / sha256_file(model_dir / "waste_classifier.tflite")[:12]
     own = read_split(model_dir / "split.csv")
     full = [s for s in read_split(SPLIT) if s.label == left_out]
     out = {
