@@ -42,6 +42,9 @@ MIN_FOR_RECALIBRATION = 20  # taught examples before a temperature is fitted on 
 FOLDS = 3  # 5 measured no better, and each fold is a refit
 TEMPERATURES = np.exp(np.linspace(0.0, np.log(4.0), 29))  # 1 .. 4: only ever softer
 NEW_ROW_L2 = 0.1  # a site-only label's row: its pull towards the imprint, relative to the rest
+# The new row's bias: its examples' mean logit IMPRINT_MARGIN above the model's winning logit
+# on them (or, if IMPRINT_EVERY_EXAMPLE, every example's: measured to take over other classes).
+IMPRINT_EVERY_EXAMPLE = False
 IMPRINT_MARGIN = 2.0  # a new row's logit on its own examples, above the model's winning logit
 NCM_SCALE = 16.0  # cosine-similarity logits of the fallback without a model file
 
@@ -322,8 +325,9 @@ def _fit(
         # margin above the model's winning logit on them.
         others = X[~members].mean(axis=0) if np.any(~members) else 0.0
         W_init[c] = norm * _unit(X[members].mean(axis=0) - others)
-        winning = float(known[members].max(axis=1).mean())
-        b_init[c] = winning + IMPRINT_MARGIN - float((X[members] @ W_init[c]).mean())
+        gaps = known[members].max(axis=1) - X[members] @ W_init[c]
+        gap = float(gaps.max()) if IMPRINT_EVERY_EXAMPLE else float(gaps.mean())
+        b_init[c] = gap + IMPRINT_MARGIN
     active = np.ones(n_labels, bool)
     if not np.any(taught < K):
         # Only site-only labels taught: no negatives, and fine-tuning would only raise the new

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bin_daemon.model.preprocess import load_image, to_model_input
+from bin_daemon.site import head as head_module
 from bin_daemon.site.head import REFERENCE_KEY, SiteHead, read_last_layer
 from bin_daemon.training import site_methods as M
 from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET, bin_camera_view
@@ -143,6 +144,15 @@ def write_reference(model_dir: Path, train: dict[str, np.ndarray], labels: list[
     return card[REFERENCE_KEY]
 
 
+def fit_site_head_every(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MODEL):
+    """The shipped head with a site-only label's bias set so every taught frame wins."""
+    head_module.IMPRINT_EVERY_EXAMPLE = True
+    try:
+        return fit_site_head(ctx, E, y, model)
+    finally:
+        head_module.IMPRINT_EVERY_EXAMPLE = False
+
+
 def fit_site_head(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MODEL):
     """The shipped head (bin_daemon.site.head), as a candidate."""
     head = SiteHead.fit(
@@ -218,6 +228,7 @@ def candidates() -> dict[str, Callable]:
         "softmax_scratch": M.fit_softmax_scratch,
         "ncm_fused_with_model": M.fit_fuse,
         "knn_fused_with_model": M.fit_knn,
+        "gated_cosine_means": M.fit_gated,
         "align_unlabelled": lambda c, E, y: M.fit_align(c, E, y, "unlabelled"),
         "align_unlabelled_scale": lambda c, E, y: M.fit_align(c, E, y, "unlabelled", scale=True),
         "align_taught": lambda c, E, y: M.fit_align(c, E, y, "taught"),
@@ -317,7 +328,7 @@ def new_class(
     fits = {"model": M.fit_model, **methods}
     fits = {
         name: (lambda c, E, y, f=f: f(c, E, y, model=model_dir / "waste_classifier.tflite"))
-        if f is fit_site_head
+        if f in (fit_site_head, fit_site_head_every)
         else f
         for name, f in fits.items()
     }
@@ -606,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
             args.left_out,
             {
                 "site_head": fit_site_head,
+                "site_head_every_frame_wins": fit_site_head_every,
+                "gated_cosine_means": M.fit_gated,
                 "ft_l2_0.1": lambda c, E, y: M.fit_ft(c, E, y, l2=0.1),
                 "ncm": M.fit_ncm,
                 "softmax_scratch": M.fit_softmax_scratch,

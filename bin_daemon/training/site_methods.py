@@ -267,3 +267,28 @@ def fit_fuse(ctx: Context, E: np.ndarray, y: np.ndarray, base: Callable = fit_nc
         return softmax(a + m)
 
     return predict
+
+
+def fit_gated(
+    ctx: Context,
+    E: np.ndarray,
+    y: np.ndarray,
+    weight: float = 0.6,
+    other: float = 0.3,
+    sharpness: float = 20.0,
+) -> Predict:
+    """The site branch's first head: cosine similarity to each taught label's mean of
+    normalised embeddings plus a fixed "none of these" similarity, a sharp softmax, mixed
+    with the model's probabilities (the site gets ``weight``; "none" returns it to the model)."""
+    taught = np.unique(y)
+    P = unit(np.stack([unit(E[y == c]).mean(axis=0) for c in taught]))
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        sims = np.concatenate([unit(X) @ P.T, np.full((len(X), 1), other)], axis=1)
+        site = softmax(sharpness * sims)
+        model = softmax(model_logits(ctx, X))
+        probs = (1 - weight + weight * site[:, -1:]) * model
+        probs[:, taught] += weight * site[:, :-1]
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    return predict
