@@ -23,6 +23,7 @@ the L2-normalised embeddings fused with the model's probabilities (measured weak
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,12 @@ NEW_ROW_L2 = 0.1  # a site-only label's row: its pull towards the imprint, relat
 # on them (or, if IMPRINT_EVERY_EXAMPLE, every example's: measured to take over other classes).
 IMPRINT_EVERY_EXAMPLE = False
 IMPRINT_MARGIN = 2.0  # a new row's logit on its own examples, above the model's winning logit
-NCM_SCALE = 16.0  # cosine-similarity logits of the fallback without a model file
+NCM_SCALE = 16.0
+# A frame (nearly) identical to a taught one gets its label: cosine similarity of embeddings
+# >= this. Between different TrashNet test images the largest is 0.89, between a photo and
+# its site or camera view at most 0.93, so only the same frame (or a re-encoded copy) reaches it.
+MEMORY_SIMILARITY = 0.97
+MEMORY_SHARE = 0.98  # the taught label's probability for such a frame  # cosine-similarity logits of the fallback without a model file
 
 
 @dataclass(frozen=True)
@@ -59,37 +65,47 @@ class SiteDecision:
 def read_last_layer(model_path: Path, n_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """The classifier layer of an int8 ``.tflite``, dequantised: ``W`` (K, d) and ``b`` (K,).
 
+    The model's last FULLY_CONNECTED operation (its weights and, if it has one, its bias).
     The calibration temperature is folded into this layer at export, so ``E @ W.T + b`` are
-    the calibrated logits whose softmax is the model's output. Found by shape: the one int8
-    (K, d) constant with per-class (or one) scales, and its int32 (K,) bias.
+    the calibrated logits whose softmax is the model's output.
     """
     interpreter_class, _ = load_interpreter_class()
+    module = importlib.import_module(interpreter_class.__module__)
     try:
-        interpreter = interpreter_class(model_path=str(model_path))
-    except (ValueError, RuntimeError, OSError) as error:
-        raise BinDaemonError(f"{model_path}: cannot load the model ({error})") from None
-
-    def found(shape: list[int], dtype: type) -> list[dict]:
-        return [
-            d
-            for d in interpreter.get_tensor_details()
-            if list(d["shape"]) == shape
-            and d["dtype"] == dtype
-            and len(d["quantization_parameters"]["scales"]) in (1, n_classes)
-        ]
-
-    weights, biases = found([n_classes, dim], np.int8), found([n_classes], np.int32)
-    if len(weights) != 1 or len(biases) != 1:
-        raise BinDaemonError(
-            f"{model_path}: expected one {n_classes} x {dim} int8 classifier layer with an int32 "
-            f"bias (found {len(weights)} weight and {len(biases)} bias tensors)"
+        # Without the default delegate, so the operations are listed one by one.
+        interpreter = interpreter_class(
+            model_path=str(model_path),
+            experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         )
-    w, b = weights[0], biases[0]
-    w_scale = np.asarray(w["quantization_parameters"]["scales"], np.float64).reshape(-1, 1)
-    w_zero = np.asarray(w["quantization_parameters"]["zero_points"], np.float64).reshape(-1, 1)
-    b_scale = np.asarray(b["quantization_parameters"]["scales"], np.float64)
-    W = (interpreter.get_tensor(w["index"]).astype(np.float64) - w_zero) * w_scale
-    return W, interpreter.get_tensor(b["index"]).astype(np.float64) * b_scale
+        layers = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    except (ValueError, RuntimeError, OSError, AttributeError) as error:
+        raise BinDaemonError(f"{model_path}: cannot read the model's layers ({error})") from None
+    if not layers:
+        raise BinDaemonError(f"{model_path}: the model has no fully-connected classifier layer")
+    inputs = [int(i) for i in layers[-1]["inputs"]]
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    w = details[inputs[1]]
+    if tuple(w["shape"]) != (n_classes, dim):
+        raise BinDaemonError(
+            f"{model_path}: the classifier layer is {' x '.join(map(str, w['shape']))}, but "
+            f"there are {n_classes} labels and embeddings of {dim} values"
+        )
+
+    def dequantised(d: dict) -> np.ndarray:
+        q = d["quantization_parameters"]
+        values = interpreter.get_tensor(d["index"]).astype(np.float64)
+        if not len(q["scales"]):  # a float tensor
+            return values
+        scale = np.asarray(q["scales"], np.float64)
+        zero = np.asarray(q["zero_points"], np.float64)
+        if values.ndim == 2:
+            scale, zero = scale.reshape(-1, 1), zero.reshape(-1, 1)
+        return (values - zero) * scale
+
+    bias = np.zeros(n_classes)
+    if len(inputs) > 2 and inputs[2] >= 0:
+        bias = dequantised(details[inputs[2]]).reshape(n_classes)
+    return dequantised(w), bias
 
 
 def read_reference(model_path: Path, n_classes: int) -> np.ndarray | None:
@@ -120,11 +136,12 @@ def _check(embeddings: object, labels: Sequence[str], model_labels: Sequence[str
         E = np.asarray(embeddings, dtype=np.float64)
     except (TypeError, ValueError):
         raise BinDaemonError("site head: embeddings must be a numeric (n, d) array") from None
-    if E.ndim != 2 or E.shape[0] == 0 or E.shape[1] == 0:
+    if E.ndim != 2 or E.shape[1] == 0:
         raise BinDaemonError(
-            f"site head: no examples to fit, or not an (n, d) array of embeddings (got shape "
-            f"{E.shape})"
+            f"site head: embeddings must be a 2-D array (n, d), got shape {E.shape}"
         )
+    if E.shape[0] == 0:
+        raise BinDaemonError("site head: no examples to fit on")
     if len(labels) != E.shape[0]:
         raise BinDaemonError(
             f"site head: {E.shape[0]} embeddings but {len(labels)} labels (one label each)"
@@ -196,6 +213,8 @@ class SiteHead:
         self._n_model = n_model
         self._W, self._b, self._centre = W, b, centre
         self._prototypes, self._present = prototypes, present
+        self._memory = np.zeros((0, 1), np.float32)
+        self._memory_labels = np.zeros(0, np.int64)
         self._active = np.ones(len(labels), bool) if present is None else present
 
     # -- fitting ---------------------------------------------------------------------------
@@ -216,7 +235,7 @@ class SiteHead:
         y = np.array([index[label] for label in labels])
         K = len(model_labels)
         if model_path is None:
-            return cls._fit_prototypes(E, y, head_labels, K)
+            return cls._remember(E, y, cls._fit_prototypes(E, y, head_labels, K))
         W0, b0 = read_last_layer(Path(model_path), K, E.shape[1])
         reference = read_reference(Path(model_path), K)
         E32 = E.astype(np.float32)
@@ -226,7 +245,7 @@ class SiteHead:
         method = (
             "recentred + fine-tuned last layer" if centre is not None else "fine-tuned last layer"
         )
-        return cls(
+        head = cls(
             head_labels,
             K,
             W=W,
@@ -236,6 +255,14 @@ class SiteHead:
             present=active,
             method=method,
         )
+        return cls._remember(E, y, head)
+
+    @staticmethod
+    def _remember(E: np.ndarray, y: np.ndarray, head: SiteHead) -> SiteHead:
+        """Keep the taught frames (normalised) so that showing one again gives its label."""
+        head._memory = _unit(E).astype(np.float32)
+        head._memory_labels = y
+        return head
 
     @classmethod
     def _fit_prototypes(
@@ -288,6 +315,13 @@ class SiteHead:
             taught = self._present.copy()
             fused = model + np.where(taught, site - site[taught].max(), 0.0)
             probs = softmax(fused)
+        if len(self._memory_labels):
+            similarity = self._memory @ _unit(x).astype(np.float32)
+            nearest = int(np.argmax(similarity))
+            if similarity[nearest] >= MEMORY_SIMILARITY:
+                taught = np.zeros(len(self.labels))
+                taught[self._memory_labels[nearest]] = 1.0
+                probs = MEMORY_SHARE * taught + (1.0 - MEMORY_SHARE) * probs
         top = int(np.argmax(probs))
         return SiteDecision(self.labels, probs, bool(top != int(np.argmax(p_model))))
 
