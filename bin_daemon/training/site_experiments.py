@@ -1,0 +1,636 @@
+"""Site adaptation, measured: which head, taught how many frames, gains what (issue 17).
+
+``python -m bin_daemon.training.site_experiments`` embeds the project's test split three
+ways with the shipped model (clean, the consistent site copy, a random camera-conditions
+copy; plus the clean training split for its statistics), caches the embeddings under
+``runs/site_cache/``, then runs the few-shot curves, the clean-accuracy check, the
+new-class experiment (a 5-class model trained without ``metal``, if ``runs/no_metal/model``
+exists) and the refit timing, and writes ``docs/site_experiments.json`` and
+``docs/site_curves.png``. Numpy only besides the interpreter; the methods compared are in
+``site_methods``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bin_daemon.model.preprocess import load_image, to_model_input
+from bin_daemon.site import head as head_module
+from bin_daemon.site.head import REFERENCE_KEY, SiteHead, read_last_layer
+from bin_daemon.training import site_methods as M
+from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET, bin_camera_view
+from bin_daemon.training.site_views import Embedder, site_view
+from bin_daemon.training.split import read_split, sha256_file
+
+DATA = Path("../shared/datasets/trashnet")
+MODEL = Path("models/waste_classifier.tflite")
+SPLIT = Path("models/split.csv")
+CACHE = Path("runs/site_cache")
+SEED = 20261124
+
+
+def _log(message: str) -> None:
+    print(f"[site {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def embed_copy(
+    embedder: Embedder, data: Path, samples: list, copy: str, cache: Path
+) -> dict[str, np.ndarray]:
+    """Embeddings, probabilities and labels of one copy of ``samples``, cached as .npz."""
+    if cache.exists():
+        with np.load(cache) as stored:
+            return {k: stored[k] for k in stored.files}
+    started = time.monotonic()
+    embeddings, probs = [], []
+    for i, sample in enumerate(samples):
+        image = load_image(data / sample.path)
+        if copy == "clean":
+            x = to_model_input(image, embedder.size)
+        elif copy == "site":
+            x = to_model_input(site_view(image), embedder.size)
+        elif copy == "camera":
+            rng = np.random.default_rng(SEED + TEST_VIEWS_SEED_OFFSET + i)
+            x = bin_camera_view(image, embedder.size, rng)
+        else:
+            raise ValueError(copy)
+        e, p = embedder(x)
+        embeddings.append(e)
+        probs.append(p)
+    out = {
+        "embeddings": np.stack(embeddings),
+        "probs": np.stack(probs),
+        "labels": np.array([s.label for s in samples]),
+        "paths": np.array([s.path for s in samples]),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, **out)
+    _log(f"{cache.name}: {len(samples)} images in {time.monotonic() - started:.0f} s")
+    return out
+
+
+def collect(data: Path = DATA, cache_dir: Path = CACHE) -> dict[str, dict[str, np.ndarray]]:
+    """The shipped model's embeddings of the test split's three copies and the clean train split."""
+    embedder = Embedder(MODEL)
+    cache_dir = cache_dir / sha256_file(MODEL)[:12]  # a re-exported model is embedded afresh
+    split = read_split(SPLIT)
+    test = [s for s in split if s.subset == "test"]
+    train = [s for s in split if s.subset == "train"]
+    copies = {}
+    for copy in ("clean", "site", "camera"):
+        copies[copy] = embed_copy(embedder, data, test, copy, cache_dir / f"test_{copy}.npz")
+    copies["train"] = embed_copy(embedder, data, train, "clean", cache_dir / "train_clean.npz")
+    return copies
+
+
+def collect_new_class(
+    model_dir: Path, left_out: str, data: Path = DATA, cache_dir: Path = CACHE
+) -> dict[str, dict[str, np.ndarray]]:
+    """The 5-class model's embeddings: its own test split, and every image of ``left_out``."""
+    embedder = Embedder(model_dir / "waste_classifier.tflite")
+    cache_dir = cache_dir / sha256_file(model_dir / "waste_classifier.tflite")[:12]
+    own = read_split(model_dir / "split.csv")
+    full = [s for s in read_split(SPLIT) if s.label == left_out]
+    out = {
+        "test": embed_copy(
+            embedder,
+            data,
+            [s for s in own if s.subset == "test"],
+            "clean",
+            cache_dir / "nc_test.npz",
+        ),
+        "train": embed_copy(
+            embedder,
+            data,
+            [s for s in own if s.subset == "train"],
+            "clean",
+            cache_dir / "nc_train.npz",
+        ),
+        "val": embed_copy(
+            embedder, data, [s for s in own if s.subset == "val"], "clean", cache_dir / "nc_val.npz"
+        ),
+        "new": embed_copy(embedder, data, full, "clean", cache_dir / "nc_new.npz"),
+    }
+    out["new"]["subset"] = np.array([s.subset for s in full])
+    return out
+
+
+def write_reference(model_dir: Path, train: dict[str, np.ndarray], labels: list[str]) -> dict:
+    """Record the training split's class-balanced mean calibrated logits in the model card.
+
+    The site head re-centres a site's embeddings on this reference (docs/SITE.md). It must
+    be recomputed whenever the model is re-exported: ``--write-reference``."""
+    E = train["embeddings"].astype(np.float64)
+    W0, b0 = read_last_layer(model_dir / "waste_classifier.tflite", len(labels), E.shape[1])
+    z = E @ W0.T + b0
+    y = train["labels"]
+    mean = np.mean([z[y == label].mean(axis=0) for label in labels], axis=0)
+    card_path = model_dir / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card[REFERENCE_KEY] = {
+        "mean_logits": [round(float(v), 4) for v in mean],
+        "split": "train",
+        "n": len(y),
+        "what": "class-balanced mean of the calibrated logits on the clean training split "
+        "(bin_daemon.training.site_experiments --write-reference); the site head's centre",
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return card[REFERENCE_KEY]
+
+
+def fit_site_head_every(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MODEL):
+    """The shipped head with a site-only label's bias set so every taught frame wins."""
+    head_module.IMPRINT_EVERY_EXAMPLE = True
+    try:
+        return fit_site_head(ctx, E, y, model)
+    finally:
+        head_module.IMPRINT_EVERY_EXAMPLE = False
+
+
+def fit_site_head(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MODEL):
+    """The shipped head (bin_daemon.site.head), as a candidate."""
+    head = SiteHead.fit(
+        E.astype(np.float32),
+        [ctx.labels[i] for i in y],
+        model_labels=ctx.labels[: ctx.n_model],
+        model_path=model,
+    )
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        p = M.softmax(head.logits(X))
+        out = np.zeros((len(X), len(ctx.labels)))
+        out[:, [ctx.labels.index(label) for label in head.labels]] = p
+        return out
+
+    return predict
+
+
+# -- few-shot curves ------------------------------------------------------------------------
+
+SHOTS = (1, 3, 5, 10, 20)
+DRAWS = 10
+THRESHOLD = 0.85  # the model card's unsure threshold
+# docs/BENCHMARKS.md: published Pi 4 MobileNetV2 FP32 XNNPACK ms / the same model timed here.
+PI4_RATIO = 13.16
+
+
+def context(copies: dict, labels: list[str], unlabelled: np.ndarray | None = None) -> M.Context:
+    d = copies["train"]["embeddings"].shape[1]
+    W0, b0 = read_last_layer(MODEL, len(labels), d)
+    train = copies["train"]["embeddings"].astype(np.float64)
+    return M.Context(W0, b0, list(labels), train.mean(axis=0), train.std(axis=0), unlabelled)
+
+
+def halves(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's items split at random into a teaching half and a scoring half."""
+    teach, score = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        teach.extend(idx[: len(idx) // 2])
+        score.extend(idx[len(idx) // 2 :])
+    return np.array(teach), np.array(score)
+
+
+def pick(y: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` items of each class from ``pool``."""
+    out = []
+    for c in np.unique(y[pool]):
+        members = pool[y[pool] == c]
+        out.extend(rng.choice(members, size=min(k, len(members)), replace=False))
+    return np.array(out)
+
+
+def scores(probs: np.ndarray, y: np.ndarray, threshold: float = THRESHOLD) -> dict[str, float]:
+    top = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    accepted = conf >= threshold
+    return {
+        "accuracy": float((top == y).mean()),
+        "coverage": float(accepted.mean()),
+        "accepted_accuracy": float((top[accepted] == y[accepted]).mean())
+        if accepted.any()
+        else 0.0,
+        "nll": float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean()),
+    }
+
+
+def candidates() -> dict[str, Callable]:
+    return {
+        "model": M.fit_model,
+        "site_head": fit_site_head,
+        "ncm": M.fit_ncm,
+        "softmax_scratch": M.fit_softmax_scratch,
+        "ncm_fused_with_model": M.fit_fuse,
+        "knn_fused_with_model": M.fit_knn,
+        "gated_cosine_means": M.fit_gated,
+        "align_unlabelled": lambda c, E, y: M.fit_align(c, E, y, "unlabelled"),
+        "align_unlabelled_scale": lambda c, E, y: M.fit_align(c, E, y, "unlabelled", scale=True),
+        "align_taught": lambda c, E, y: M.fit_align(c, E, y, "taught"),
+        "ft_l2_0.01": lambda c, E, y: M.fit_ft(c, E, y, l2=0.01),
+        "ft_l2_0.1": lambda c, E, y: M.fit_ft(c, E, y, l2=0.1),
+        "ft_l2_1": lambda c, E, y: M.fit_ft(c, E, y, l2=1.0),
+        "ft_l2_0.1_align_taught": lambda c, E, y: M.fit_ft(c, E, y, l2=0.1, align="taught"),
+        "ft_l2_0.1_align_unlabelled": lambda c, E, y: M.fit_ft(c, E, y, l2=0.1, align="unlabelled"),
+    }
+
+
+def curves(
+    copies: dict, labels: list[str], methods: dict[str, Callable], draws: int = DRAWS
+) -> dict:
+    index = {label: i for i, label in enumerate(labels)}
+    out = {}
+    for copy in ("site", "camera"):
+        E = copies[copy]["embeddings"].astype(np.float64)
+        y = np.array([index[v] for v in copies[copy]["labels"]])
+        ctx = context(copies, labels, unlabelled=E)
+        table: dict[str, dict[str, list]] = {}
+        for shots in (*SHOTS, "all"):
+            per_method: dict[str, list[dict]] = {name: [] for name in methods}
+            for draw in range(draws):
+                rng = np.random.default_rng(SEED + 1000 * draw + 17)
+                teach_half, score_half = halves(y, rng)
+                taught = teach_half if shots == "all" else pick(y, teach_half, shots, rng)
+                for name, fit in methods.items():
+                    predict = fit(ctx, E[taught], y[taught])
+                    per_method[name].append(scores(predict(E[score_half]), y[score_half]))
+            for rows in per_method.values():  # paired with the model, draw by draw
+                for row, base in zip(rows, per_method["model"], strict=True):
+                    row["gain_over_model"] = row["accuracy"] - base["accuracy"]
+            table[str(shots)] = {name: summarise(rows) for name, rows in per_method.items()}
+            _log(
+                f"{copy} {shots}/class: "
+                + ", ".join(
+                    f"{n} {v['accuracy']['mean']:.3f}" for n, v in table[str(shots)].items()
+                )
+            )
+        out[copy] = table
+    return out
+
+
+def clean_check(copies: dict, labels: list[str], draws: int = DRAWS) -> dict:
+    """Clean accuracy when the store holds camera-condition examples (same items' halves)."""
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[v] for v in copies["clean"]["labels"]])
+    camera = copies["camera"]["embeddings"].astype(np.float64)
+    clean = copies["clean"]["embeddings"].astype(np.float64)
+    ctx = context(copies, labels)
+    out = {}
+    for shots in (5, 20, "all"):
+        rows = {"model": [], "site_head": []}
+        for draw in range(draws):
+            rng = np.random.default_rng(SEED + 1000 * draw + 29)
+            teach_half, score_half = halves(y, rng)
+            taught = teach_half if shots == "all" else pick(y, teach_half, shots, rng)
+            for name, fit in (("model", M.fit_model), ("site_head", fit_site_head)):
+                predict = fit(ctx, camera[taught], y[taught])
+                rows[name].append(scores(predict(clean[score_half]), y[score_half]))
+        out[str(shots)] = {name: summarise(r) for name, r in rows.items()}
+        drop = (
+            out[str(shots)]["model"]["accuracy"]["mean"]
+            - out[str(shots)]["site_head"]["accuracy"]["mean"]
+        )
+        out[str(shots)]["clean_accuracy_drop_points"] = round(100 * drop, 2)
+        _log(f"clean check {shots}/class camera examples: drop {100 * drop:.2f} points")
+    return out
+
+
+def new_class(
+    model_dir: Path,
+    left_out: str,
+    methods: dict[str, Callable],
+    draws: int = DRAWS,
+    known_per_class: int = 5,
+) -> dict:
+    """Teach ``left_out`` (never seen by the 5-class model) from 5, 10, 20 photos."""
+    data = collect_new_class(model_dir, left_out)
+    model_labels = (model_dir / "labels.txt").read_text().split()
+    write_reference(model_dir, data["train"], model_labels)
+    labels = [*model_labels, left_out]
+    index = {label: i for i, label in enumerate(labels)}
+    W0, b0 = read_last_layer(model_dir / "waste_classifier.tflite", len(model_labels), 1280)
+    train = data["train"]["embeddings"].astype(np.float64)
+    ctx = M.Context(W0, b0, labels, train.mean(axis=0), train.std(axis=0))
+    test_E = np.concatenate(
+        [data["test"]["embeddings"], data["new"]["embeddings"][data["new"]["subset"] == "test"]]
+    ).astype(np.float64)
+    test_y = np.array(
+        [index[v] for v in data["test"]["labels"]]
+        + [index[left_out]] * int(np.sum(data["new"]["subset"] == "test"))
+    )
+    pool = np.flatnonzero(data["new"]["subset"] != "test")
+    new_E = data["new"]["embeddings"].astype(np.float64)
+    fits = {"model": M.fit_model, **methods}
+    fits = {
+        name: (lambda c, E, y, f=f: f(c, E, y, model=model_dir / "waste_classifier.tflite"))
+        if f in (fit_site_head, fit_site_head_every)
+        else f
+        for name, f in fits.items()
+    }
+    out: dict = {
+        "left_out": left_out,
+        "model_labels": model_labels,
+        "n_test": len(test_y),
+        "n_test_new_class": int(np.sum(test_y == index[left_out])),
+        "known_examples_per_class": known_per_class,
+    }
+    old = test_y != index[left_out]
+    val_E = data["val"]["embeddings"].astype(np.float64)
+    val_y = np.array([index[v] for v in data["val"]["labels"]])
+    for regime, shots in [(r, k) for r in ("only_new", "with_known") for k in (5, 10, 20)]:
+        rows: dict[str, list] = {name: [] for name in fits}
+        for draw in range(draws):
+            rng = np.random.default_rng(SEED + 1000 * draw + 41)
+            taught = rng.choice(pool, size=shots, replace=False)
+            E_taught, y_taught = new_E[taught], np.full(shots, index[left_out])
+            if regime == "with_known":
+                known = pick(val_y, np.arange(len(val_y)), known_per_class, rng)
+                E_taught = np.concatenate([E_taught, val_E[known]])
+                y_taught = np.concatenate([y_taught, val_y[known]])
+            for name, fit in fits.items():
+                probs = fit(ctx, E_taught, y_taught)(test_E)
+                top = probs.argmax(axis=1)
+                per_class = {
+                    label: float((top[test_y == i] == i).mean()) for i, label in enumerate(labels)
+                }
+                rows[name].append(
+                    {
+                        "new_class_recall": per_class[left_out],
+                        "new_class_precision": float(
+                            (test_y[top == index[left_out]] == index[left_out]).mean()
+                        )
+                        if np.any(top == index[left_out])
+                        else 0.0,
+                        "other_classes_accuracy": float((top[old] == test_y[old]).mean()),
+                        "accuracy_all": float((top == test_y).mean()),
+                        **{f"recall_{k}": v for k, v in per_class.items()},
+                    }
+                )
+        out.setdefault(regime, {})[str(shots)] = {name: summarise(r) for name, r in rows.items()}
+        _log(
+            f"new class {left_out} from {shots} ({regime}): "
+            + ", ".join(
+                f"{n} recall {v['new_class_recall']['mean']:.3f} others "
+                f"{v['other_classes_accuracy']['mean']:.3f}"
+                for n, v in out[regime][str(shots)].items()
+            )
+        )
+    return out
+
+
+def refit_timing(copies: dict, labels: list[str]) -> dict:
+    """Seconds for SiteHead.fit (with its cross-validated recalibration) and for one apply."""
+    E = copies["train"]["embeddings"]
+    y = copies["train"]["labels"]
+    rng = np.random.default_rng(SEED)
+    out: dict = {
+        "how": "SiteHead.fit with its cross-validated recalibration (median of 5), one "
+        "labelled tenth under a site-only label; CPU seconds of this process (the machine is "
+        "shared, wall time is also given); OMP_NUM_THREADS="
+        + os.environ.get("OMP_NUM_THREADS", "unset"),
+        "load_average": os.getloadavg()[0],
+        "pi4_ratio": PI4_RATIO,
+    }
+    for n in (60, 120, 300, 600):
+        pick_ = rng.choice(len(y), size=n, replace=False)
+        taught = [str(v) for v in y[pick_]]
+        # A site-only label among them, as a store with a new class would have.
+        taught[: n // 10] = ["coffee_cup"] * (n // 10)
+        times, cpu = [], []
+        for _ in range(5):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            head = SiteHead.fit(E[pick_], taught, model_labels=labels, model_path=MODEL)
+            times.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - started_cpu)
+        started = time.perf_counter()
+        for i in range(200):
+            head.apply(E[i], np.full(len(labels), 1 / len(labels)))
+        out[str(n)] = {
+            "fit_s_median": round(float(np.median(times)), 4),
+            "fit_cpu_s_median": round(float(np.median(cpu)), 4),
+            "pi4_projected_s": round(float(np.median(cpu)) * PI4_RATIO, 3),
+            "apply_ms": round((time.perf_counter() - started) / 200 * 1000, 4),
+        }
+        _log(f"refit {n} examples: {out[str(n)]}")
+    return out
+
+
+PLOTTED = {
+    "model": "model alone",
+    "site_head": "site head (shipped)",
+    "align_taught": "re-centre only",
+    "align_unlabelled": "re-centre on every site item, unlabelled (not shipped)",
+    "ft_l2_0.1": "fine-tune last layer (L2 0.1)",
+    "knn_fused_with_model": "k-NN fused with model",
+    "softmax_scratch": "softmax regression from scratch",
+    "ncm": "nearest class mean",
+}
+
+
+def plot(results: dict, path: Path) -> None:
+    """Accuracy on the scoring half against frames taught per class, one panel per copy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, copy in zip(axes, ("site", "camera"), strict=True):
+        table = results["curves"][copy]
+        for name, title in PLOTTED.items():
+            means = [100 * table[str(k)][name]["accuracy"]["mean"] for k in SHOTS]
+            sds = [100 * table[str(k)][name]["accuracy"]["sd"] for k in SHOTS]
+            style = "-" if name == "site_head" else "--" if name == "model" else ":"
+            ax.errorbar(SHOTS, means, yerr=sds, label=title, ls=style, marker="o", ms=3, capsize=2)
+        bound = 100 * table["all"]["site_head"]["accuracy"]["mean"]
+        ax.axhline(bound, color="grey", lw=0.8)
+        ax.text(SHOTS[0], bound + 0.5, "site head on the whole teaching half", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xticks(SHOTS, [str(k) for k in SHOTS])
+        ax.set_xlabel("frames taught per class")
+        ax.set_title(f"{copy} copy of the test split (scoring half)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _cell(entry: dict, key: str = "accuracy") -> str:
+    return f"{100 * entry[key]['mean']:.1f} ± {100 * entry[key]['sd']:.1f}"
+
+
+def tables(results: dict) -> str:
+    """docs/SITE.md's tables (Markdown), from the results."""
+    lines = []
+    for copy in ("site", "camera"):
+        table = results["curves"][copy]
+        columns = [*map(str, SHOTS), "all"]
+        lines += [
+            f"\n**{copy} copy**: accuracy (%) on the scoring half, mean ± sd over draws\n",
+            "| method | "
+            + " | ".join(f"{c}/class" if c != "all" else "whole half" for c in columns)
+            + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name in table["1"]:
+            lines.append(f"| {name} | " + " | ".join(_cell(table[c][name]) for c in columns) + " |")
+        lines += [
+            f"\n{copy} copy: gain over the model alone (points), paired by draw, mean ± sd\n",
+            "| method | " + " | ".join(f"{c}/class" for c in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name in ("site_head", "ft_l2_0.1", "align_taught", "align_unlabelled"):
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_cell(table[c][name], "gain_over_model") for c in columns)
+                + " |"
+            )
+        lines += [
+            f"\n{copy} copy, unsure threshold {THRESHOLD}: coverage / accuracy of accepted items (%)\n",
+            "| method | " + " | ".join(f"{c}/class" for c in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name in ("model", "site_head", "ft_l2_0.1", "align_taught"):
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{100 * table[c][name]['coverage']['mean']:.0f} / "
+                    f"{100 * table[c][name]['accepted_accuracy']['mean']:.1f}"
+                    for c in columns
+                )
+                + " |"
+            )
+    check = results["clean_check"]
+    lines += [
+        "\n**Clean test items, store holding camera-condition frames** (accuracy %, scoring half)\n",
+        "| camera frames taught per class | model | site head | drop (points) |",
+        "|---|---|---|---|",
+    ]
+    for shots, row in check.items():
+        lines.append(
+            f"| {shots} | {_cell(row['model'])} | {_cell(row['site_head'])} | "
+            f"{row['clean_accuracy_drop_points']:+.2f} |"
+        )
+    if "new_class" in results:
+        nc = results["new_class"]
+        for regime in ("only_new", "with_known"):
+            lines += [
+                f"\n**New class `{nc['left_out']}`, {regime}**: recall of the new class / "
+                "accuracy on the other classes (%)\n",
+                "| method | 5 photos | 10 photos | 20 photos |",
+                "|---|---|---|---|",
+            ]
+            for name in nc[regime]["5"]:
+                lines.append(
+                    f"| {name} | "
+                    + " | ".join(
+                        f"{100 * nc[regime][k][name]['new_class_recall']['mean']:.1f} / "
+                        f"{100 * nc[regime][k][name]['other_classes_accuracy']['mean']:.1f}"
+                        for k in ("5", "10", "20")
+                    )
+                    + " |"
+                )
+    lines += [
+        "\n| examples | fit, CPU s | fit, wall s | Pi 4 projected s | apply, ms |",
+        "|---|---|---|---|---|",
+    ]
+    for n, row in results["refit_timing"].items():
+        if isinstance(row, dict):
+            lines.append(
+                f"| {n} | {row['fit_cpu_s_median']:.3f} | {row['fit_s_median']:.3f} | "
+                f"{row['pi4_projected_s']:.2f} | {row['apply_ms']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def summarise(rows: list[dict]) -> dict:
+    return {
+        key: {
+            "mean": round(float(np.mean([r[key] for r in rows])), 4),
+            "sd": round(float(np.std([r[key] for r in rows])), 4),
+        }
+        for key in rows[0]
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--collect-only", action="store_true")
+    parser.add_argument("--new-class-model", type=Path, default=Path("runs/no_metal/model"))
+    parser.add_argument("--left-out", default="metal")
+    parser.add_argument("--out", type=Path, default=Path("docs/site_experiments.json"))
+    parser.add_argument("--draws", type=int, default=DRAWS)
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out")
+    parser.add_argument(
+        "--write-reference",
+        action="store_true",
+        help="record the training split's mean logits in models/model_card.json and stop",
+    )
+    args = parser.parse_args(argv)
+    if args.plot_only:
+        results = json.loads(args.out.read_text())
+        plot(results, args.out.with_name("site_curves.png"))
+        print(tables(results))
+        return 0
+    copies = collect()
+    labels = Path("models/labels.txt").read_text().split()
+    if args.write_reference:
+        _log(f"reference: {write_reference(MODEL.parent, copies['train'], labels)}")
+        return 0
+    if args.collect_only:
+        if (args.new_class_model / "waste_classifier.tflite").exists():
+            collect_new_class(args.new_class_model, args.left_out)
+        return 0
+    results: dict = {
+        "setup": {
+            "model": str(MODEL),
+            "test_items": len(copies["clean"]["labels"]),
+            "draws": args.draws,
+            "shots_per_class": list(SHOTS),
+            "threshold": THRESHOLD,
+            "protocol": "each draw splits every class of the test split at random into a "
+            "teaching half and a scoring half; k frames per class are taught from the "
+            "teaching half (all of it for 'all', capped by what the half holds: trash has 8), "
+            "the scoring half is scored; mean and sd over draws",
+        },
+        "model_only": {
+            copy: float(
+                (
+                    copies[copy]["probs"].argmax(axis=1)
+                    == np.array([labels.index(v) for v in copies[copy]["labels"]])
+                ).mean()
+            )
+            for copy in ("clean", "site", "camera")
+        },
+    }
+    results["curves"] = curves(copies, labels, candidates(), args.draws)
+    results["clean_check"] = clean_check(copies, labels, args.draws)
+    if (args.new_class_model / "waste_classifier.tflite").exists():
+        results["new_class"] = new_class(
+            args.new_class_model,
+            args.left_out,
+            {
+                "site_head": fit_site_head,
+                "site_head_every_frame_wins": fit_site_head_every,
+                "gated_cosine_means": M.fit_gated,
+                "ft_l2_0.1": lambda c, E, y: M.fit_ft(c, E, y, l2=0.1),
+                "ncm": M.fit_ncm,
+                "softmax_scratch": M.fit_softmax_scratch,
+                "knn": lambda c, E, y: M.fit_knn(c, E, y, fuse=False),
+            },
+            args.draws,
+        )
+    results["refit_timing"] = refit_timing(copies, labels)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, args.out.with_name("site_curves.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
