@@ -188,10 +188,10 @@ def test_a_person_uses_the_console_in_a_browser(browser, daemon, tmp_path):
     # the second: a kind of item the model does not know, typed in
     cards[1].find_element(By.CSS_SELECTOR, "form.new-label input").send_keys("aluminium can\n")
     note = cards[1].find_element(By.CSS_SELECTOR, ".status")
-    wait_for(browser, lambda d: note.text == "Labelled: aluminium can", "typed label not saved")
+    wait_for(browser, lambda d: note.text == "Labelled: aluminium_can", "typed label not saved")
     after = {r["item_id"]: r for r in read_events(folder / "events.sqlite3")}
     assert after[first]["corrected_label"] == truth
-    assert after[second]["corrected_label"] == "aluminium can"
+    assert after[second]["corrected_label"] == "aluminium_can"
     for item_id in (first, second):  # the model's own label stays beside the person's
         assert after[item_id]["label"] == records[item_id]["label"]
         assert after[item_id]["confidence"] < UNSURE_BELOW
@@ -215,7 +215,7 @@ def test_a_person_uses_the_console_in_a_browser(browser, daemon, tmp_path):
     browser.get(base + "/events?since=1h")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.events tr[data-item]")
     assert len(rows) >= len(before) + 1
-    assert any("aluminium can" in row.text for row in rows)  # the correction shows
+    assert any("aluminium_can" in row.text for row in rows)  # the correction shows
     shots.take("events")
 
     target = os.environ.get("BIN_DAEMON_SCREENSHOTS")
