@@ -28,7 +28,7 @@ ADAPTERS: dict[str, str | set[str]] = {
     "cryptography": "model/signing.py",
     "prometheus_client": "telemetry/prometheus.py",
     "tensorflow": {"training/export.py", "training/embedding_output.py"},
-    "matplotlib": "training/card.py",
+    "matplotlib": {"training/card.py", "training/site_experiments.py"},  # report plots
 }
 
 

@@ -158,3 +158,15 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     """The image after JPEG compression at ``quality`` (its channels coded as they are)."""
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     return cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else image
+
+
+def gaussian_blur_sigma(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Defocus: a Gaussian of standard deviation ``sigma`` pixels (kernel size from sigma)."""
+    return cv2.GaussianBlur(image, (0, 0), sigma)
+
+
+def open_mask(mask: np.ndarray, diameter: int) -> np.ndarray:
+    """Morphological opening with an elliptic ``diameter``-pixel element: specks smaller than
+    it are removed from a (float or uint8) mask."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
+    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)

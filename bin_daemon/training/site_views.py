@@ -16,11 +16,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from bin_daemon.model.classifier import load_interpreter_class
-from bin_daemon.model.preprocess import decode_image, encode_jpeg, to_model_input
+from bin_daemon.model.preprocess import (
+    decode_image,
+    encode_jpeg,
+    gaussian_blur_sigma,
+    open_mask,
+    to_model_input,
+)
 
 # The site: a dark grey flap, a warm cast, slight defocus, the camera's JPEG.
 FLAP_GREY = 64.0
@@ -39,9 +44,7 @@ def background_mask(image: np.ndarray) -> np.ndarray:
     grey = np.clip((0.28 - saturation) / 0.12, 0.0, 1.0)
     mask = bright * grey
     # Smooth: an opening removes specular highlights on the item, the blur feathers the edge.
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-    return cv2.GaussianBlur(mask, (0, 0), 4.0)
+    return gaussian_blur_sigma(open_mask(mask, 9), 4.0)
 
 
 def site_view(image: np.ndarray) -> np.ndarray:
@@ -53,7 +56,7 @@ def site_view(image: np.ndarray) -> np.ndarray:
     flap = FLAP_GREY * np.clip(shading, 0.4, 1.2)
     out = rgb * (1.0 - mask) + flap * mask
     out = out * WARM_GAINS[None, None, :]
-    out = cv2.GaussianBlur(np.clip(out, 0, 255).astype(np.uint8), (0, 0), DEFOCUS_SIGMA)
+    out = gaussian_blur_sigma(np.clip(out, 0, 255).astype(np.uint8), DEFOCUS_SIGMA)
     return decode_image(encode_jpeg(out, JPEG_QUALITY), "site view")
 
 
