@@ -101,13 +101,10 @@ def test_a_teacher_runs_at_its_own_size_and_gives_back_its_calibrated_probabilit
         Teacher(SHIPPED, list(reversed(LABELS)))
 
 
+EPOCHS = ["--epochs", "1", "--head-epochs", "1"]
 TINY = [
     "--input-size",
     "96",
-    "--epochs",
-    "1",
-    "--head-epochs",
-    "1",
     "--batch-size",
     "8",
     "--export-sizes",
@@ -127,11 +124,15 @@ def sweep(tmp_path_factory):
             shutil.copytree(folder, data / folder.name)
     cv, pool = root / "cv", root / "pool"
     work = ["--work-dir", str(root / "work")]
-    assert main(["train", "--data", str(data), "--out", str(cv), "--folds", "2", *TINY, *work]) == 0
-    report = json.loads((cv / "crossval.json").read_text())
-    epochs = str(report["whole_pool"]["finetune_epochs"])
+    assert (
+        main(
+            ["train", "--data", str(data), "--out", str(cv), "--folds", "2", *TINY, *EPOCHS, *work]
+        )
+        == 0
+    )
+    # epochs: the cross-validation's (median of the epochs early stopping kept)
     args = ["train", "--data", str(data), "--out", str(pool), "--all-data", "--crossval", str(cv)]
-    assert main([*args, *TINY, *work, "--epochs", epochs]) == 0
+    assert main([*args, *TINY, *work]) == 0
     return data, cv, pool
 
 
@@ -157,7 +158,7 @@ def test_crossval_holds_out_every_image_once_and_reports_mean_and_spread(sweep):
     assert report["epochs"]["finetune_best"] == [1, 1]
     assert report["whole_pool"]["finetune_epochs"] == 1
     assert report["teachers_saw_held_out"] == [str(SHIPPED)]  # a plain model folder
-    markdown = (cv / "CROSSVAL.md").read_text()
+    markdown = (cv / "crossval.md").read_text()
     assert "| top-1 accuracy (int8) |" in markdown and " ± " in markdown
     assert "bin-camera: top-1 accuracy" in markdown and "--all-data" in markdown
 
@@ -185,7 +186,7 @@ def test_crossval_scores_held_out_images_by_the_daemons_path(sweep):
 def test_an_interrupted_crossval_continues_without_training_again(sweep, capsys):
     data, cv, _ = sweep
     before = (cv / "fold-1" / "waste_classifier.tflite").read_bytes()
-    args = ["train", "--data", str(data), "--out", str(cv), "--folds", "2", *TINY]
+    args = ["train", "--data", str(data), "--out", str(cv), "--folds", "2", *TINY, *EPOCHS]
     assert main([*args, "--work-dir", str(cv.parent / "work")]) == 0
     out = capsys.readouterr().out
     assert out.count("already trained") == 2 and "[train" not in out
@@ -228,7 +229,7 @@ def test_whole_pool_model_card_reports_the_cross_validated_figure(sweep):
 def test_whole_pool_refuses_another_recipe_or_no_crossval(sweep, capsys):
     data, cv, pool = sweep
     args = ["train", "--data", str(data), "--out", str(pool.parent / "x"), "--all-data"]
-    assert main([*args, "--crossval", str(cv), *TINY[2:], "--input-size", "80"]) != 0
+    assert main([*args, "--crossval", str(cv), *TINY[2:], "--input-size", "80", *EPOCHS]) != 0
     assert "input_size 80" in capsys.readouterr().err
     assert main([*args, *TINY]) != 0
     assert "--all-data needs --crossval" in capsys.readouterr().err

@@ -53,13 +53,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, default=Path("models"), help="model folder to write")
     train.add_argument("--input-size", type=int, default=DEFAULTS.input_size, metavar="PX")
     train.add_argument(
-        "--epochs", type=int, default=DEFAULTS.finetune_epochs, help="fine-tuning epochs at most"
+        "--epochs",
+        type=int,
+        help=f"fine-tuning epochs at most (default {DEFAULTS.finetune_epochs}; with --all-data "
+        "exactly, default: the cross-validation's median early-stopping epoch)",
     )
     train.add_argument(
         "--head-epochs",
         type=int,
-        default=DEFAULTS.head_epochs,
-        help="head epochs on cached frozen features (early-stopped)",
+        help=f"head epochs on cached frozen features (early-stopped; default "
+        f"{DEFAULTS.head_epochs}; with --all-data: the cross-validation's median)",
     )
     train.add_argument(
         "--finetune-blocks",
@@ -159,7 +162,7 @@ def _add_issue15_options(train: argparse.ArgumentParser) -> None:
         metavar="K",
         help="stratified K-fold cross-validation of the recipe: one model per fold in "
         "OUT/fold-i/, the held-out figures' mean and spread in OUT/crossval.json and "
-        "OUT/CROSSVAL.md",
+        "OUT/crossval.md",
     )
     group.add_argument(
         "--fold-seed",
@@ -191,6 +194,13 @@ def _add_issue15_options(train: argparse.ArgumentParser) -> None:
         default=0.7,
         metavar="A",
         help="weight of the teachers' soft labels against the hard label (default 0.7)",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        metavar="N",
+        help="TFLite threads of the teachers and the exported models' scoring (default 2)",
     )
     group.add_argument(
         "--distill-temperature",
@@ -238,15 +248,18 @@ def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None
             f"{args.crossval}: cross-validated another recipe: " + "; ".join(differences)
         )
     pool = report["whole_pool"]
-    for name in pool:
-        if name == "finetune_epochs" and pool[name] != settings.finetune_epochs:
-            print(
-                f"[train] note: --epochs {settings.finetune_epochs}; the folds' early stopping "
-                f"suggests {pool[name]}",
-                flush=True,
-            )
+    epochs = pool["finetune_epochs"] if args.epochs is None else args.epochs
+    head_epochs = pool["head_epochs"] if args.head_epochs is None else args.head_epochs
+    if epochs != pool["finetune_epochs"]:
+        print(
+            f"[train] note: --epochs {epochs}; the folds' early stopping suggests "
+            f"{pool['finetune_epochs']}",
+            flush=True,
+        )
     settings = dataclasses.replace(
         settings,
+        finetune_epochs=epochs,
+        head_epochs=head_epochs,
         all_data=True,
         calibration={
             "temperature": pool["temperature"],
@@ -335,8 +348,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         seed=args.seed,
         batch_size=args.batch_size,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.epochs,
+        head_epochs=DEFAULTS.head_epochs if args.head_epochs is None else args.head_epochs,
+        finetune_epochs=DEFAULTS.finetune_epochs if args.epochs is None else args.epochs,
         per_class_limit=args.per_class_limit,
         work_dir=args.work_dir,
         export_sizes=tuple(args.export_sizes),
@@ -344,6 +357,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         finetune_lr=args.lr,
         hard_view_probability=args.hard_views,
         command=command or f"bin-daemon train --data {args.data} --out {args.out}",
+        threads=args.threads,
         teachers=tuple(args.teacher),  # issue 15: distillation
         distill_alpha=args.distill_alpha,
         distill_temperature=args.distill_temperature,

@@ -8,7 +8,7 @@ daemon's own path (decode, preprocessing, the int8 classifier, the default confi
 clean and under bin-camera conditions (the views ``compare`` and ``card_metrics`` draw):
 top-1 accuracy, macro-F1, lowest class recall, bin accuracy, recycling contamination, and
 coverage and accuracy at the fold's unsure threshold. ``OUT/crossval.json`` and
-``OUT/CROSSVAL.md`` get the figures per fold, their mean and spread (sample standard
+``OUT/crossval.md`` get the figures per fold, their mean and spread (sample standard
 deviation, min, max), the epochs early stopping kept in each fold, and what whole-pool
 training needs: the epoch counts (median over folds), the inference size (the folds' most
 frequent choice) and the temperature and unsure threshold fitted on the pooled out-of-fold
@@ -47,7 +47,7 @@ from bin_daemon.training.folds import fold_split, folds_hash, stratified_kfold, 
 from bin_daemon.training.split import limit_per_class, read_split, scan_dataset
 
 REPORT = "crossval.json"
-MARKDOWN = "CROSSVAL.md"
+MARKDOWN = "crossval.md"
 # (key in a fold's figures, label in the table); every one gets mean and spread
 METRICS = (
     ("accuracy", "top-1 accuracy (int8)"),
@@ -313,13 +313,15 @@ def whole_pool_command(settings, out: Path, report: dict) -> str:
         f"--crossval {out}",
         f"--epochs {pool['finetune_epochs']}",
         f"--head-epochs {pool['head_epochs']}",
+        f"--export-sizes {' '.join(str(x) for x in settings.export_sizes)}".rstrip(),
     ]
     if settings.teachers:
         parts += [f"--distill-alpha {settings.distill_alpha}"]
         parts += [f"--distill-temperature {settings.distill_temperature}"]
-        # a cross-validated teacher teaches the whole pool through its own whole-pool model
+        # a cross-validated teacher (DIR) teaches the whole pool through its whole-pool model,
+        # by convention DIR-pool (docs/TRAINING.md)
         parts += [
-            f"--teacher {t}" if not (Path(t) / REPORT).is_file() else f"--teacher {t}-POOL"
+            f"--teacher {t}" if not (Path(t) / REPORT).is_file() else f"--teacher {t}-pool"
             for t in settings.teachers
         ]
     return " ".join([*parts, "--out models/"])

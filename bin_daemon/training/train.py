@@ -178,7 +178,7 @@ def train(settings: TrainSettings) -> dict:
     train_images = load_for_training(
         settings.data,
         subsets["train"],
-        short_side=max(round(view_size * 1.15), sizes[-1], settings.input_size),
+        short_side=max(round(view_size * 1.15), sizes[-1], _pool_size(settings)),
     )
     y_train = np.array([index[s.label] for s in subsets["train"]])
     x_val = _inputs(settings.data, subsets["val"], size)
@@ -475,6 +475,11 @@ def _settings_record(settings: TrainSettings) -> dict:
             value = [str(v) for v in value]
         record[key] = value
     return record
+
+
+def _pool_size(settings: TrainSettings) -> int:
+    """The inference size whole-pool training exports at (the folds' choice), else 0."""
+    return int((settings.calibration or {}).get("input_size") or 0)
 
 
 def _inputs(root: Path, samples: list[Sample], size: int) -> np.ndarray:
