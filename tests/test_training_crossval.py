@@ -99,6 +99,8 @@ def test_a_teacher_runs_at_its_own_size_and_gives_back_its_calibrated_probabilit
     assert ensemble.take_cost()[1] == 1
     with pytest.raises(BinDaemonError, match="labels"):
         Teacher(SHIPPED, list(reversed(LABELS)))
+    with pytest.raises(BinDaemonError, match="not a model folder"):
+        Teacher(SAMPLES, LABELS)
 
 
 EPOCHS = ["--epochs", "1", "--head-epochs", "1"]
@@ -198,6 +200,9 @@ def test_distillation_ran_and_logged_its_cost(sweep):
     results = json.loads((cv / "fold-1" / "training_results.json").read_text())
     assert results["training"]["teachers"] == [str(SHIPPED)]
     assert results["training"]["distill_alpha"] == 0.7
+    distillation = results["distillation"]
+    assert distillation["teacher_ms_per_batch"] > 0 and distillation["view_size"] == 352
+    assert distillation["teachers"][0]["input_size"] == 352
 
 
 def test_teachers_of_a_crossval_folder_teach_their_own_fold(sweep, tmp_path):
@@ -207,6 +212,8 @@ def test_teachers_of_a_crossval_folder_teach_their_own_fold(sweep, tmp_path):
     assert chosen == (cv / "fold-2", SHIPPED)
     with pytest.raises(BinDaemonError, match="other folds"):
         crossval._teachers_for((cv,), 0, "0" * 64)
+    with pytest.raises(BinDaemonError, match="DIR-pool"):  # whole pool: not a model folder
+        Teacher(cv, LABELS)
 
 
 def test_whole_pool_model_card_reports_the_cross_validated_figure(sweep):

@@ -25,6 +25,7 @@ the student's only targets are the teachers' soft labels.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -85,6 +86,11 @@ class Teacher:
     """One teacher model folder: its own input size, its logits recovered from its scores."""
 
     def __init__(self, model_dir: Path, labels: list[str], threads: int = 2):
+        if (model_dir / "crossval.json").is_file():
+            raise BinDaemonError(
+                f"teacher {model_dir}: a cross-validation folder teaches only its folds; for "
+                "whole-pool training give its whole-pool model (DIR-pool, docs/TRAINING.md)"
+            )
         try:
             card = json.loads((model_dir / "model_card.json").read_text())
             model = (model_dir / card.get("model_file", "waste_classifier.tflite")).read_bytes()
@@ -95,6 +101,7 @@ class Teacher:
                 f"teacher {model_dir}: labels {card.get('labels')}, the data's are {labels}"
             )
         self.path = model_dir
+        self.sha256 = hashlib.sha256(model).hexdigest()
         self.size = int(card["input"]["size"])
         self.calibration_temperature = float(card.get("temperature", 1.0))
         self.model = TFLiteModel(model, threads)
@@ -116,6 +123,7 @@ class Teachers:
             raise ValueError("no teachers")
         self.teachers, self.temperature = teachers, temperature
         self.seconds, self.calls = 0.0, 0
+        self.total_seconds, self.total_calls = 0.0, 0
         self._lock = threading.Lock()
 
     @property
@@ -126,8 +134,11 @@ class Teachers:
         started = time.perf_counter()
         soft = np.mean([soften(t.logits(views), self.temperature) for t in self.teachers], axis=0)
         with self._lock:
-            self.seconds += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            self.seconds += spent
             self.calls += 1
+            self.total_seconds += spent
+            self.total_calls += 1
         return soft.astype(np.float32)
 
     def take_cost(self) -> tuple[float, int]:

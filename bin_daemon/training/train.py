@@ -458,6 +458,19 @@ def train(settings: TrainSettings) -> dict:
             "total_seconds": round(time.monotonic() - started, 1),
         },
     }
+    if teachers:
+        results["distillation"] = {
+            "teachers": [
+                {"path": str(t.path), "sha256": t.sha256, "input_size": t.size}
+                for t in teachers.teachers
+            ],
+            "alpha": settings.distill_alpha,
+            "temperature": settings.distill_temperature,
+            "view_size": view_size,
+            "teacher_ms_per_batch": round(
+                1000 * teachers.total_seconds / max(teachers.total_calls, 1), 1
+            ),
+        }
     (out / "training_results.json").write_text(json.dumps(results, indent=2) + "\n")
     _log(f"done in {time.monotonic() - started:.0f} s")
     return results
