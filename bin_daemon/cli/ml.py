@@ -53,13 +53,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, default=Path("models"), help="model folder to write")
     train.add_argument("--input-size", type=int, default=DEFAULTS.input_size, metavar="PX")
     train.add_argument(
-        "--epochs", type=int, default=DEFAULTS.finetune_epochs, help="fine-tuning epochs at most"
+        "--epochs",
+        type=int,
+        help=f"fine-tuning epochs at most (default {DEFAULTS.finetune_epochs}; with --all-data "
+        "exactly, default: the cross-validation's median early-stopping epoch)",
     )
     train.add_argument(
         "--head-epochs",
         type=int,
-        default=DEFAULTS.head_epochs,
-        help="head epochs on cached frozen features (early-stopped)",
+        help=f"head epochs on cached frozen features (early-stopped; default "
+        f"{DEFAULTS.head_epochs}; with --all-data: the cross-validation's median)",
     )
     train.add_argument(
         "--finetune-blocks",
@@ -106,6 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--per-class-limit", type=int, metavar="N", help="use only N images per class and subset"
     )
+    _add_issue15_options(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser(
@@ -145,6 +149,142 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     add_no_site(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+
+# --- issue 15: cross-validation, whole-pool training, distillation (docs/TRAINING.md) -------
+def _add_issue15_options(train: argparse.ArgumentParser) -> None:
+    group = train.add_argument_group(
+        "cross-validation, whole pool, distillation (docs/TRAINING.md)"
+    )
+    group.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="stratified K-fold cross-validation of the recipe: one model per fold in "
+        "OUT/fold-i/, the held-out figures' mean and spread in OUT/crossval.json and "
+        "OUT/crossval.md",
+    )
+    group.add_argument(
+        "--fold-seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help="seed of the fold assignment (keep it across recipes; --seed seeds training)",
+    )
+    group.add_argument(
+        "--all-data",
+        action="store_true",
+        help="train on the whole pool for exactly --epochs (no validation, no early stopping); "
+        "needs --crossval for the expected accuracy, temperature and unsure threshold",
+    )
+    group.add_argument(
+        "--crossval", type=Path, metavar="DIR", help="the cross-validation folder of the recipe"
+    )
+    group.add_argument(
+        "--teacher",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="distil from this model folder (repeat for an ensemble, averaged); with --folds a "
+        "cross-validation folder of the same folds teaches each fold with its own fold model",
+    )
+    group.add_argument(
+        "--distill-alpha",
+        type=float,
+        default=0.7,
+        metavar="A",
+        help="weight of the teachers' soft labels against the hard label (default 0.7)",
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        metavar="N",
+        help="TFLite threads of the teachers and the exported models' scoring (default 2)",
+    )
+    group.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=4.0,
+        metavar="T",
+        help="softening temperature of teacher and student logits (default 4)",
+    )
+
+
+def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None:
+    """Run --folds or --all-data; None for an ordinary run."""
+    from bin_daemon.training import crossval, pool_card
+    from bin_daemon.training.train import train
+
+    if args.folds is not None and args.all_data:
+        raise BinDaemonError("--folds and --all-data: choose one")
+    if args.folds is not None:
+        if args.folds < 2:
+            raise BinDaemonError(f"--folds {args.folds}: expected 2 or more")
+        try:
+            report = crossval.run(
+                settings, args.folds, args.fold_seed, train, card_module.write_card
+            )
+        except ValueError as error:
+            raise BinDaemonError(f"--folds: {error}") from error
+        accuracy = report["metrics"]["accuracy"]
+        print(
+            f"cross-validated accuracy {accuracy['mean']:.1%} ± {100 * accuracy['std']:.1f} pt "
+            f"over {args.folds} folds; report: {args.out / crossval.MARKDOWN}"
+        )
+        return 0
+    if not args.all_data:
+        if args.crossval is not None:
+            raise BinDaemonError("--crossval is for --all-data")
+        return None
+    if args.crossval is None or not (args.crossval / crossval.REPORT).is_file():
+        raise BinDaemonError(
+            f"--all-data needs --crossval DIR with {crossval.REPORT} (bin-daemon train --folds K)"
+        )
+    report = json.loads((args.crossval / crossval.REPORT).read_text())
+    differences = crossval.recipe_differences(report, settings)
+    if differences:
+        raise BinDaemonError(
+            f"{args.crossval}: cross-validated another recipe: " + "; ".join(differences)
+        )
+    pool = report["whole_pool"]
+    epochs = pool["finetune_epochs"] if args.epochs is None else args.epochs
+    head_epochs = pool["head_epochs"] if args.head_epochs is None else args.head_epochs
+    if epochs != pool["finetune_epochs"]:
+        print(
+            f"[train] note: --epochs {epochs}; the folds' early stopping suggests "
+            f"{pool['finetune_epochs']}",
+            flush=True,
+        )
+    settings = dataclasses.replace(
+        settings,
+        finetune_epochs=epochs,
+        head_epochs=head_epochs,
+        all_data=True,
+        calibration={
+            "temperature": pool["temperature"],
+            "unsure_threshold": pool["unsure_threshold"],
+            "input_size": pool["input_size"],
+            "coverage_curve": pool["coverage_curve"],
+        },
+    )
+    started = time.monotonic()
+    results = train(settings)
+    results["training"]["command_seconds"] = round(time.monotonic() - started, 1)
+    results["training"]["peak_rss_mb"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    written = pool_card.write_pool_card(results, args.out, args.crossval)
+    accuracy = report["metrics"]["accuracy"]
+    print(
+        f"wrote {args.out / 'waste_classifier.tflite'} ({written['size_bytes'] / 1e6:.2f} MB), "
+        f"trained on the whole pool; expected accuracy (cross-validated) {accuracy['mean']:.1%} "
+        f"± {100 * accuracy['std']:.1f} pt; card: {args.out / 'MODEL_CARD.md'}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -208,8 +348,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         seed=args.seed,
         batch_size=args.batch_size,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.epochs,
+        head_epochs=DEFAULTS.head_epochs if args.head_epochs is None else args.head_epochs,
+        finetune_epochs=DEFAULTS.finetune_epochs if args.epochs is None else args.epochs,
         per_class_limit=args.per_class_limit,
         work_dir=args.work_dir,
         export_sizes=tuple(args.export_sizes),
@@ -217,7 +357,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         finetune_lr=args.lr,
         hard_view_probability=args.hard_views,
         command=command or f"bin-daemon train --data {args.data} --out {args.out}",
+        threads=args.threads,
+        teachers=tuple(args.teacher),  # issue 15: distillation
+        distill_alpha=args.distill_alpha,
+        distill_temperature=args.distill_temperature,
     )
+    issue15 = _issue15_mode(args, settings, card)  # --folds / --all-data
+    if issue15 is not None:
+        return issue15
     started = time.monotonic()
     results = train(settings)
     rows = [

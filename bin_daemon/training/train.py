@@ -31,9 +31,19 @@ from bin_daemon.training.data import (
     load_for_training,
     load_model_inputs,
 )
+from bin_daemon.training.distill import (
+    DistillBatches,
+    DistillCost,
+    Teacher,
+    Teachers,
+    distillation_loss,
+    hard_accuracy,
+    teacher_targets,
+)
 from bin_daemon.training.embedding_output import embedding_entry
 from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
 from bin_daemon.training.split import (
+    Sample,
     dataset_hash,
     limit_per_class,
     scan_dataset,
@@ -43,6 +53,7 @@ from bin_daemon.training.split import (
 from bin_daemon.training.tflite_eval import TFLiteModel
 
 MODEL_FILE = "waste_classifier.tflite"
+HELD_OUT_FILE = "held_out_logits.npz"  # the test split's float logits, before temperature
 
 
 @dataclass
@@ -77,6 +88,17 @@ class TrainSettings:
     threads: int = 2
     command: str = ""
     extra: dict = field(default_factory=dict)
+    # --- issue 15: cross-validation folds, whole-pool training, distillation --------------
+    split: list[Sample] | None = None  # a given train/val/test split (a cross-validation fold)
+    # Whole pool: every image trains, fixed epochs, no validation, no early stopping, no test;
+    # temperature, unsure threshold and inference size come from ``calibration`` (the
+    # cross-validation's out-of-fold predictions, training.crossval).
+    all_data: bool = False
+    calibration: dict | None = None
+    teachers: tuple[Path, ...] = ()  # model folders; their soft labels are averaged
+    distill_alpha: float = 0.7  # weight of the soft (teacher) term
+    distill_temperature: float = 4.0
+    # ----------------------------------------------------------------------------------------
 
 
 class Progress(keras.callbacks.Callback):
@@ -96,10 +118,15 @@ class Progress(keras.callbacks.Callback):
         logs = logs or {}
         elapsed = time.monotonic() - self.started
         left = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
+        val = (
+            f"val_loss {logs['val_loss']:.3f} val_acc {logs.get('val_accuracy', 0):.3f}  "
+            if "val_loss" in logs
+            else ""
+        )
         self.log(
             f"{self.phase} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', 0):.3f} "
-            f"acc {logs.get('accuracy', 0):.3f} val_loss {logs.get('val_loss', 0):.3f} "
-            f"val_acc {logs.get('val_accuracy', 0):.3f}  ({elapsed:.0f} s, at most {left:.0f} s left)"
+            f"acc {logs.get('accuracy', 0):.3f} {val}"
+            f"({elapsed:.0f} s, at most {left:.0f} s left)"
         )
 
 
@@ -122,7 +149,15 @@ def train(settings: TrainSettings) -> dict:
     size = settings.input_size
 
     all_samples = scan_dataset(settings.data)
-    split = limit_per_class(stratified_split(all_samples, settings.seed), settings.per_class_limit)
+    if settings.split is not None:
+        split = settings.split
+    elif settings.all_data:
+        pool = [Sample(s.path, s.label, s.sha256, "train") for s in all_samples]
+        split = limit_per_class(pool, settings.per_class_limit)
+    else:
+        split = limit_per_class(
+            stratified_split(all_samples, settings.seed), settings.per_class_limit
+        )
     write_split(split, out / "split.csv")
     labels = sorted({s.label for s in split})
     index = {label: i for i, label in enumerate(labels)}
@@ -132,16 +167,25 @@ def train(settings: TrainSettings) -> dict:
         + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
     )
 
-    sizes = sorted({size, *settings.export_sizes})
+    has_val, has_test = bool(subsets["val"]), bool(subsets["test"])
+    if not has_val and not settings.all_data:
+        raise ValueError("no validation images: every class needs a few (or use all_data)")
+    if settings.all_data and not settings.calibration:
+        raise ValueError("whole-pool training needs the calibration of a cross-validation")
+    sizes = sorted({size, *settings.export_sizes}) if has_val else [size]
+    teachers = _teachers(settings, labels)
+    view_size = max(size, teachers.largest_size) if teachers else size
     train_images = load_for_training(
-        settings.data, subsets["train"], short_side=max(round(size * 1.15), sizes[-1])
+        settings.data,
+        subsets["train"],
+        short_side=max(round(view_size * 1.15), sizes[-1], _pool_size(settings)),
     )
     y_train = np.array([index[s.label] for s in subsets["train"]])
-    x_val = load_model_inputs(settings.data, subsets["val"], size)
-    y_val = np.array([index[s.label] for s in subsets["val"]])
+    x_val = _inputs(settings.data, subsets["val"], size)
+    y_val = np.array([index[s.label] for s in subsets["val"]], dtype=int)
     test_originals = subsets["test"]
-    x_test = load_model_inputs(settings.data, test_originals, size)
-    y_test = np.array([index[s.label] for s in test_originals])
+    x_test = _inputs(settings.data, test_originals, size)
+    y_test = np.array([index[s.label] for s in test_originals], dtype=int)
     _log(f"images decoded in {time.monotonic() - started:.0f} s")
 
     backbone = efficientnet_lite(settings.backbone, size, imagenet_weights(settings.backbone))
@@ -156,17 +200,31 @@ def train(settings: TrainSettings) -> dict:
     def onehot(y):
         return keras.utils.to_categorical(y, len(labels))
 
-    batches = AugmentedBatches(
-        train_images,
-        onehot(y_train),
-        size,
-        settings.batch_size,
-        settings.seed,
-        cutmix_probability=settings.cutmix_probability,
-        hard_probability=settings.hard_view_probability,
-    )
-    val = (x_val.astype(np.float32), onehot(y_val))
     class_weight = _class_weights(y_train, len(labels))
+    batch_args = (train_images, onehot(y_train), size, settings.batch_size, settings.seed)
+    batch_kwargs = {
+        "cutmix_probability": settings.cutmix_probability,
+        "hard_probability": settings.hard_view_probability,
+    }
+    if teachers:
+        batches = DistillBatches(
+            *batch_args,
+            **batch_kwargs,
+            teachers=teachers,
+            view_size=view_size,
+            class_weight=class_weight,
+        )
+        val_targets = (
+            teacher_targets(
+                teachers, _inputs(settings.data, subsets["val"], view_size), onehot(y_val)
+            )
+            if has_val
+            else None
+        )
+    else:
+        batches = AugmentedBatches(*batch_args, **batch_kwargs)
+        val_targets = onehot(y_val)
+    val = (x_val.astype(np.float32), val_targets) if has_val else None
 
     _log(f"phase 1: head on frozen features of {settings.head_views} views per image")
     features_in = load_features(
@@ -174,22 +232,28 @@ def train(settings: TrainSettings) -> dict:
     )
     head_model = keras.Sequential([keras.Input(features_in.shape[1:]), dropout, head])
     head_model.compile(keras.optimizers.Adam(settings.head_lr), loss, metrics=["accuracy"])
-    val_features = backbone.model.predict(x_val.astype(np.float32), verbose=0)
-    head_model.fit(
+    head_stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=8, restore_best_weights=True
+    )
+    head_history = head_model.fit(
         features_in,
         onehot(np.tile(y_train, settings.head_views)),
         epochs=settings.head_epochs,
         batch_size=64,
-        validation_data=(val_features, onehot(y_val)),
+        validation_data=(
+            (backbone.model.predict(x_val.astype(np.float32), verbose=0), onehot(y_val))
+            if has_val
+            else None
+        ),
         class_weight=class_weight,
         verbose=0,
         callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=8, restore_best_weights=True
-            ),
+            *([head_stop] if has_val else []),
             Progress("head", settings.head_epochs, _log, every=10),
         ],
     )
+    head_epochs_run = len(head_history.history["loss"])
+    head_best = head_stop.best_epoch + 1 if has_val else head_epochs_run
 
     backbone.model.trainable = True
     frozen = backbone.frozen_below(settings.finetune_blocks)
@@ -198,22 +262,46 @@ def train(settings: TrainSettings) -> dict:
     schedule = keras.optimizers.schedules.CosineDecay(
         settings.finetune_lr, decay_steps=steps, alpha=0.02
     )
-    model.compile(
-        keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay),
-        loss,
-        metrics=["accuracy"],
-    )
-    _log(f"phase 2: fine-tuning, up to {settings.finetune_epochs} epochs")
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay)
+    callbacks: list[keras.callbacks.Callback] = []
+    if teachers:
+        model.compile(
+            optimizer,
+            distillation_loss(
+                len(labels),
+                settings.distill_alpha,
+                settings.distill_temperature,
+                settings.label_smoothing,
+            ),
+            metrics=[hard_accuracy(len(labels))],
+        )
+        callbacks.append(DistillCost(teachers, len(batches), _log))
+        _log(
+            f"distilling from {len(teachers.teachers)} teacher(s) at "
+            + ", ".join(f"{t.size} px" for t in teachers.teachers)
+            + f" (alpha {settings.distill_alpha}, T {settings.distill_temperature}); views "
+            f"drawn at {view_size} px"
+        )
+    else:
+        model.compile(optimizer, loss, metrics=["accuracy"])
     stop = finetune_early_stopping(settings)
+    if has_val:
+        callbacks.append(stop)
+    _log(
+        f"phase 2: fine-tuning, {settings.finetune_epochs} epochs"
+        + (" at most" if has_val else " (whole pool: no validation, no early stopping)")
+    )
     history = model.fit(
         batches,
         epochs=settings.finetune_epochs,
         validation_data=val,
-        class_weight=class_weight,
+        class_weight=None if teachers else class_weight,
         verbose=0,
-        callbacks=[stop, Progress("fine-tune", settings.finetune_epochs, _log)],
+        callbacks=[*callbacks, Progress("fine-tune", settings.finetune_epochs, _log)],
     )
     epochs_run = len(history.history["loss"])
+    # the epoch whose weights were kept (EarlyStopping restores the best one)
+    best_epoch = stop.best_epoch + 1 if has_val and stop.best_weights is not None else epochs_run
     train_seconds = time.monotonic() - started
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     model.save_weights(settings.work_dir / "classifier.weights.h5")
@@ -221,7 +309,7 @@ def train(settings: TrainSettings) -> dict:
     # Random crops showed objects larger in training than a whole-square view does: choose the
     # inference size on validation (FixRes); the convolutions and head work at any size.
     scores = {}
-    for candidate in sizes:
+    for candidate in sizes if has_val else []:
         candidate_model = _at_size(model, settings.backbone, candidate, len(labels))
         x_candidate = (
             x_val
@@ -233,26 +321,44 @@ def train(settings: TrainSettings) -> dict:
             float((logits_c.argmax(1) == y_val).mean()),
             -calibration.nll(logits_c, y_val, 1.0),
         )
-    export_size = max(sizes, key=lambda c: (scores[c], -c))
-    _log(
-        "validation accuracy by input size: "
-        + ", ".join(f"{c}px {a:.3f}" for c, (a, _) in scores.items())
-        + f" -> {export_size}px"
-    )
+    if has_val:
+        export_size = max(sizes, key=lambda c: (scores[c], -c))
+        _log(
+            "validation accuracy by input size: "
+            + ", ".join(f"{c}px {a:.3f}" for c, (a, _) in scores.items())
+            + f" -> {export_size}px"
+        )
+    else:
+        assert settings.calibration is not None
+        export_size = int(settings.calibration.get("input_size") or size)
+        _log(f"inference size {export_size}px, as the cross-validation's folds chose")
     if export_size != size:
         model = _at_size(model, settings.backbone, export_size, len(labels))
         size = export_size
-        x_val = load_model_inputs(settings.data, subsets["val"], size)
-        x_test = load_model_inputs(settings.data, test_originals, size)
+        x_val = _inputs(settings.data, subsets["val"], size)
+        x_test = _inputs(settings.data, test_originals, size)
     features = keras.Model(model.input, model.get_layer("pool").output)
     head = model.get_layer("classes")
 
-    val_logits = model.predict(x_val.astype(np.float32), verbose=0)
-    temperature = calibration.fit_temperature(val_logits, y_val)
-    _log(
-        f"temperature {temperature:.3f} (val NLL {calibration.nll(val_logits, y_val, 1.0):.4f} -> "
-        f"{calibration.nll(val_logits, y_val, temperature):.4f})"
-    )
+    if has_val:
+        val_logits = model.predict(x_val.astype(np.float32), verbose=0)
+        temperature = calibration.fit_temperature(val_logits, y_val)
+        _log(
+            f"temperature {temperature:.3f} (val NLL "
+            f"{calibration.nll(val_logits, y_val, 1.0):.4f} -> "
+            f"{calibration.nll(val_logits, y_val, temperature):.4f})"
+        )
+    else:
+        assert settings.calibration is not None
+        temperature = float(settings.calibration["temperature"])
+        _log(f"temperature {temperature:.3f}, fitted on the folds' out-of-fold logits")
+    if has_test:  # held-out logits (before temperature): cross-validation pools them
+        np.savez(
+            out / HELD_OUT_FILE,
+            paths=np.array([s.path for s in test_originals]),
+            targets=y_test,
+            logits=model.predict(x_test.astype(np.float32), verbose=0),
+        )
 
     final = inference_model(features, head, temperature)
     rng = np.random.default_rng(settings.seed + 1)
@@ -270,31 +376,38 @@ def train(settings: TrainSettings) -> dict:
     int8 = TFLiteModel(int8_bytes, settings.threads)
     float_tfl = TFLiteModel(float_bytes, settings.threads)
 
-    val_probs = int8.predict(x_val)
-    threshold, curve = calibration.choose_threshold(
-        val_probs, y_val, settings.target_accepted_accuracy, settings.min_coverage
-    )
-    test_int8 = int8.predict(x_test)
-    test_float = float_tfl.predict(x_test)
-    int8_report = report(labels, y_test, test_int8.argmax(1))
-    float_report = report(labels, y_test, test_float.argmax(1))
-    _log(
-        f"test: float {float_report.accuracy:.4f}, int8 {int8_report.accuracy:.4f}, "
-        f"macro-F1 {int8_report.macro_f1:.4f}, min recall {int8_report.min_recall:.3f}"
-    )
-
-    val_bin_camera = _bin_camera_accuracy(
-        int8,
-        [load_image(settings.data / s.path) for s in subsets["val"]],
-        y_val,
-        size,
-        settings.seed + VAL_VIEWS_SEED_OFFSET,
-    )
-    _log(f"validation under bin-camera conditions: {val_bin_camera:.3f}")
-    robustness = _robustness(int8, settings, test_originals, y_test, labels, size)
-    _log("bin-camera: " + ", ".join(f"{k} {v:.3f}" for k, v in robustness.items()))
-    int8_latency = int8.latency_ms(x_test[0])
-    float_latency = float_tfl.latency_ms(x_test[0])
+    if has_val:
+        val_probs = int8.predict(x_val)
+        threshold, curve = calibration.choose_threshold(
+            val_probs, y_val, settings.target_accepted_accuracy, settings.min_coverage
+        )
+        val_bin_camera = _bin_camera_accuracy(
+            int8,
+            [load_image(settings.data / s.path) for s in subsets["val"]],
+            y_val,
+            size,
+            settings.seed + VAL_VIEWS_SEED_OFFSET,
+        )
+        _log(f"validation under bin-camera conditions: {val_bin_camera:.3f}")
+    else:
+        assert settings.calibration is not None
+        threshold = float(settings.calibration["unsure_threshold"])
+        curve = settings.calibration.get("coverage_curve", [])
+        val_probs, val_bin_camera = None, None
+    test_int8 = test_float = int8_report = float_report = robustness = None
+    if has_test:
+        test_int8 = int8.predict(x_test)
+        test_float = float_tfl.predict(x_test)
+        int8_report = report(labels, y_test, test_int8.argmax(1))
+        float_report = report(labels, y_test, test_float.argmax(1))
+        _log(
+            f"test: float {float_report.accuracy:.4f}, int8 {int8_report.accuracy:.4f}, "
+            f"macro-F1 {int8_report.macro_f1:.4f}, min recall {int8_report.min_recall:.3f}"
+        )
+        robustness = _robustness(int8, settings, test_originals, y_test, labels, size)
+        _log("bin-camera: " + ", ".join(f"{k} {v:.3f}" for k, v in robustness.items()))
+    int8_latency = int8.latency_ms(representative[0])
+    float_latency = float_tfl.latency_ms(representative[0])
 
     (out / MODEL_FILE).write_bytes(int8_bytes)
     (out / "labels.txt").write_text("\n".join(labels) + "\n")
@@ -308,11 +421,15 @@ def train(settings: TrainSettings) -> dict:
         "temperature": temperature,
         "unsure_threshold": threshold,
         "coverage_curve": curve,
-        "val_int8_accuracy": float((val_probs.argmax(1) == y_val).mean()),
+        "val_int8_accuracy": (
+            None if val_probs is None else float((val_probs.argmax(1) == y_val).mean())
+        ),
         "val_bin_camera_accuracy": val_bin_camera,
-        "test_int8": int8_report.as_dict(),
-        "test_float": float_report.as_dict(),
-        "test_int8_accepted": calibration.accepted_stats(test_int8, y_test, threshold),
+        "test_int8": None if int8_report is None else int8_report.as_dict(),
+        "test_float": None if float_report is None else float_report.as_dict(),
+        "test_int8_accepted": (
+            None if test_int8 is None else calibration.accepted_stats(test_int8, y_test, threshold)
+        ),
         "bin_camera": robustness,
         "latency_ms": {
             "int8_p50": int8_latency[0],
@@ -332,15 +449,66 @@ def train(settings: TrainSettings) -> dict:
             "counts": {k: len(v) for k, v in subsets.items()},
         },
         "training": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+            **_settings_record(settings),
             "finetune_epochs_run": epochs_run,
+            "finetune_best_epoch": best_epoch,
+            "head_epochs_run": head_epochs_run,
+            "head_best_epoch": head_best,
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.monotonic() - started, 1),
         },
     }
+    if teachers:
+        results["distillation"] = {
+            "teachers": [
+                {"path": str(t.path), "sha256": t.sha256, "input_size": t.size}
+                for t in teachers.teachers
+            ],
+            "alpha": settings.distill_alpha,
+            "temperature": settings.distill_temperature,
+            "view_size": view_size,
+            "teacher_ms_per_batch": round(
+                1000 * teachers.total_seconds / max(teachers.total_calls, 1), 1
+            ),
+        }
     (out / "training_results.json").write_text(json.dumps(results, indent=2) + "\n")
     _log(f"done in {time.monotonic() - started:.0f} s")
     return results
+
+
+def _settings_record(settings: TrainSettings) -> dict:
+    """The settings as JSON values (the split itself is in split.csv, not here)."""
+    record = {}
+    for key, value in asdict(settings).items():
+        if key in {"split", "calibration"}:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif key == "teachers":
+            value = [str(v) for v in value]
+        record[key] = value
+    return record
+
+
+def _pool_size(settings: TrainSettings) -> int:
+    """The inference size whole-pool training exports at (the folds' choice), else 0."""
+    return int((settings.calibration or {}).get("input_size") or 0)
+
+
+def _inputs(root: Path, samples: list[Sample], size: int) -> np.ndarray:
+    """load_model_inputs, or an empty (0, size, size, 3) array for no samples."""
+    if not samples:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return load_model_inputs(root, samples, size)
+
+
+def _teachers(settings: TrainSettings, labels: list[str]) -> Teachers | None:
+    if not settings.teachers:
+        return None
+    return Teachers(
+        [Teacher(Path(t), labels, settings.threads) for t in settings.teachers],
+        settings.distill_temperature,
+    )
 
 
 def finetune_early_stopping(settings: TrainSettings) -> keras.callbacks.EarlyStopping:

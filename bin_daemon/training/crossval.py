@@ -1,0 +1,422 @@
+"""Stratified k-fold cross-validation of one training recipe: ``bin-daemon train --folds K``.
+
+For fold i of K (seeded, stratified: :mod:`bin_daemon.training.folds`) one model is trained
+with the recipe on the other K-1 folds (their ``val`` part chooses the early-stopping epoch,
+the inference size, the temperature and the threshold, as in a single run) and written as an
+ordinary model folder ``OUT/fold-i/`` with its card. Its held-out fold is then scored by the
+daemon's own path (decode, preprocessing, the int8 classifier, the default config's policy),
+clean and under bin-camera conditions (the views ``compare`` and ``card_metrics`` draw):
+top-1 accuracy, macro-F1, lowest class recall, bin accuracy, recycling contamination, and
+coverage and accuracy at the fold's unsure threshold. ``OUT/crossval.json`` and
+``OUT/crossval.md`` get the figures per fold, their mean and spread (sample standard
+deviation, min, max), the epochs early stopping kept in each fold, and what whole-pool
+training needs: the epoch counts (median over folds), the inference size (the folds' most
+frequent choice) and the temperature and unsure threshold fitted on the pooled out-of-fold
+logits (every image is predicted once, by the fold model that never saw it).
+
+A fold whose folder already holds a finished run of the same split is not trained again, so
+an interrupted sweep continues where it stopped.
+
+Teachers for distillation: a teacher given as a cross-validation folder (one with
+``crossval.json`` made with the same folds) teaches fold i with its own fold-i model, which
+never saw fold i's held-out images; a plain model folder teaches every fold, and the report
+says that the teacher may have seen the held-out images (an optimistic figure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bin_daemon.config import load_config
+from bin_daemon.errors import BinDaemonError
+from bin_daemon.loop.service import make_policy
+from bin_daemon.model.classifier import Classifier
+from bin_daemon.model.evaluate import evaluate_items
+from bin_daemon.training import calibration
+from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET
+from bin_daemon.training.card_metrics import _camera_view, summary
+from bin_daemon.training.folds import fold_split, folds_hash, stratified_kfold, write_folds
+from bin_daemon.training.split import limit_per_class, read_split, scan_dataset
+
+REPORT = "crossval.json"
+MARKDOWN = "crossval.md"
+# (key in a fold's figures, label in the table); every one gets mean and spread
+METRICS = (
+    ("accuracy", "top-1 accuracy (int8)"),
+    ("float_accuracy", "top-1 accuracy (float)"),
+    ("macro_f1", "macro-F1"),
+    ("min_recall", "lowest class recall"),
+    ("bin_accuracy", "bin accuracy (by top-1 label)"),
+    ("recycling_contamination", "recycling contamination (by top-1 label)"),
+    ("coverage", "sorted at the unsure threshold (coverage)"),
+    ("accuracy_covered", "top-1 accuracy on sorted items"),
+    ("bin_accuracy_at_threshold", "bin accuracy, unsure -> fallback"),
+    ("camera_accuracy", "bin-camera: top-1 accuracy"),
+    ("camera_macro_f1", "bin-camera: macro-F1"),
+    ("camera_bin_accuracy", "bin-camera: bin accuracy"),
+    ("camera_coverage", "bin-camera: sorted at the threshold"),
+    ("int8_minus_float_points", "int8 minus float (points)"),
+)
+TARGETS = {  # issue 15's targets, on the project's own cross-validation
+    "accuracy": 0.95,
+    "camera_accuracy": 0.90,
+    "macro_f1": 0.93,
+    "min_recall": 0.85,
+}
+
+
+def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict) -> dict:
+    """Score a fold's held-out images (its split's ``test``) through the daemon's path."""
+    classifier = Classifier.load(fold_dir, num_threads=2)
+    policy = make_policy(load_config(None), classifier)  # default bins, the fold's threshold
+    held_out = [
+        (s.label, data / s.path) for s in read_split(fold_dir / "split.csv") if s.subset == "test"
+    ]
+    clean_run = evaluate_items(classifier, held_out, f"{fold_dir} (held out)", policy=policy)
+    clean = summary(clean_run)
+    camera = summary(
+        evaluate_items(
+            classifier,
+            held_out,
+            f"{fold_dir} (held out, bin-camera)",
+            policy=policy,
+            view=_camera_view(classifier.input_size, seed + TEST_VIEWS_SEED_OFFSET),
+        )
+    )
+    assert clean_run.bins is not None
+    training = results["training"]
+    float_accuracy = results["test_float"]["accuracy"]
+    return {
+        "n": clean["n"],
+        **{k: clean[k] for k in ("accuracy", "macro_f1", "min_recall", "bin_accuracy")},
+        "recycling_contamination": clean_run.bins.top1.recycling_contamination.share,
+        "coverage": clean["coverage"],
+        "accuracy_covered": clean["accuracy_covered"],
+        "bin_accuracy_at_threshold": clean["bin_accuracy_at_threshold"],
+        "camera_accuracy": camera["accuracy"],
+        "camera_macro_f1": camera["macro_f1"],
+        "camera_bin_accuracy": camera["bin_accuracy"],
+        "camera_coverage": camera["coverage"],
+        "float_accuracy": round(float_accuracy, 4),
+        "int8_minus_float_points": round(100 * (clean["accuracy"] - float_accuracy), 2),
+        "unsure_threshold": results["unsure_threshold"],
+        "temperature": results["temperature"],
+        "input_size": results["input_size"],
+        "finetune_best_epoch": training["finetune_best_epoch"],
+        "finetune_epochs_run": training["finetune_epochs_run"],
+        "head_best_epoch": training["head_best_epoch"],
+        "minutes": round(training["total_seconds"] / 60, 1),
+    }
+
+
+def spread(values: list[float | None]) -> dict:
+    """Mean, sample standard deviation, min and max of the folds' values (None skipped)."""
+    known = [float(v) for v in values if v is not None]
+    if not known:
+        return {"mean": None, "std": None, "min": None, "max": None, "folds": values}
+    return {
+        "mean": round(statistics.fmean(known), 4),
+        "std": round(statistics.stdev(known), 4) if len(known) > 1 else 0.0,
+        "min": round(min(known), 4),
+        "max": round(max(known), 4),
+        "folds": values,
+    }
+
+
+def _teachers_for(teachers: tuple[Path, ...], fold: int, fold_hash: str) -> tuple[Path, ...]:
+    chosen = []
+    for teacher in teachers:
+        report = teacher / REPORT
+        if report.is_file():
+            theirs = json.loads(report.read_text())
+            if theirs["folds_hash"] != fold_hash:
+                raise BinDaemonError(
+                    f"teacher {teacher}: cross-validated on other folds than this run "
+                    "(same data, --folds and --fold-seed needed)"
+                )
+            chosen.append(teacher / f"fold-{fold + 1}")
+        else:
+            chosen.append(teacher)
+    return tuple(chosen)
+
+
+def _finished(fold_dir: Path, split) -> dict | None:
+    results = fold_dir / "training_results.json"
+    if not (results.is_file() and (fold_dir / "model_card.json").is_file()):
+        return None
+    if read_split(fold_dir / "split.csv") != split:
+        return None
+    return json.loads(results.read_text())
+
+
+def run(
+    base,
+    k: int,
+    fold_seed: int,
+    train: Callable[..., dict],
+    write_card: Callable[[dict, Path, list], dict],
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train and score every fold of ``base`` (a TrainSettings), write the report; return it."""
+    started = time.monotonic()
+    out: Path = base.out
+    out.mkdir(parents=True, exist_ok=True)
+    samples = limit_per_class(scan_dataset(base.data), base.per_class_limit)
+    folds = stratified_kfold(samples, k, fold_seed)
+    fold_hash = folds_hash(samples, folds)
+    write_folds(samples, folds, out / "folds.csv")
+    rows, oof_logits, oof_targets = [], [], []
+    for fold in range(k):
+        fold_dir = out / f"fold-{fold + 1}"
+        split = fold_split(samples, folds, fold, fold_seed)
+        results = _finished(fold_dir, split)
+        if results is None:
+            log(f"fold {fold + 1}/{k}: training")
+            settings = dataclasses.replace(
+                base,
+                out=fold_dir,
+                split=split,
+                work_dir=base.work_dir / f"fold-{fold + 1}",
+                teachers=_teachers_for(base.teachers, fold, fold_hash),
+                per_class_limit=None,
+            )
+            results = train(settings)
+            write_card(results, fold_dir, [])
+        else:
+            log(f"fold {fold + 1}/{k}: already trained in {fold_dir}, scored again")
+        figures = fold_figures(fold_dir, base.data, base.seed, results)
+        log(
+            f"fold {fold + 1}/{k}: held-out accuracy {figures['accuracy']:.3f}, bin-camera "
+            f"{figures['camera_accuracy']:.3f}, bin accuracy {figures['bin_accuracy']:.3f}; "
+            f"best fine-tuning epoch {figures['finetune_best_epoch']}"
+        )
+        rows.append(figures)
+        held = np.load(fold_dir / "held_out_logits.npz")
+        oof_logits.append(held["logits"])
+        oof_targets.append(held["targets"])
+    logits, targets = np.concatenate(oof_logits), np.concatenate(oof_targets)
+    temperature = calibration.fit_temperature(logits, targets)
+    scaled = logits / temperature
+    probs = np.exp(scaled - scaled.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    threshold, curve = calibration.choose_threshold(
+        probs, targets, base.target_accepted_accuracy, base.min_coverage
+    )
+    metrics = {key: spread([r[key] for r in rows]) for key, _ in METRICS}
+    sizes = Counter(r["input_size"] for r in rows)
+    report = {
+        "recipe": _recipe(base),
+        "folds": k,
+        "fold_seed": fold_seed,
+        "folds_hash": fold_hash,
+        "images": len(samples),
+        "data": str(base.data),
+        "command": base.command,
+        "teachers": [str(t) for t in base.teachers],
+        "teachers_saw_held_out": [
+            str(t) for t in base.teachers if not (Path(t) / REPORT).is_file()
+        ],
+        "per_fold": rows,
+        "metrics": metrics,
+        "targets": {
+            name: {
+                "target": f">= {goal}",
+                "mean": metrics[name]["mean"],
+                "met": metrics[name]["mean"] is not None and metrics[name]["mean"] >= goal,
+            }
+            for name, goal in TARGETS.items()
+        },
+        "epochs": {
+            "finetune_best": [r["finetune_best_epoch"] for r in rows],
+            "head_best": [r["head_best_epoch"] for r in rows],
+        },
+        "whole_pool": {
+            "finetune_epochs": round(statistics.median(r["finetune_best_epoch"] for r in rows)),
+            "head_epochs": round(statistics.median(r["head_best_epoch"] for r in rows)),
+            "input_size": max(sizes, key=lambda s: (sizes[s], s)),
+            "temperature": round(temperature, 4),
+            "unsure_threshold": threshold,
+            "coverage_curve": curve,
+            "out_of_fold_nll": {
+                "at_1": round(calibration.nll(logits, targets, 1.0), 4),
+                "at_temperature": round(calibration.nll(logits, targets, temperature), 4),
+            },
+            "calibration_from": f"{len(targets)} out-of-fold logits of the {k} fold models "
+            "(each image predicted by the model that did not train on it)",
+        },
+        "minutes": round((time.monotonic() - started) / 60, 1),
+    }
+    report["whole_pool"]["command"] = whole_pool_command(base, out, report)
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    (out / MARKDOWN).write_text(render(report))
+    log(f"wrote {out / REPORT} and {out / MARKDOWN}")
+    return report
+
+
+RECIPE_KEYS = (
+    "backbone",
+    "input_size",
+    "export_sizes",
+    "finetune_blocks",
+    "finetune_lr",
+    "batch_size",
+    "hard_view_probability",
+    "cutmix_probability",
+    "label_smoothing",
+    "distill_alpha",
+    "distill_temperature",
+)
+
+
+def _recipe(settings) -> dict:
+    recipe = {key: getattr(settings, key) for key in RECIPE_KEYS}
+    recipe["export_sizes"] = list(recipe["export_sizes"])
+    recipe["teachers"] = len(settings.teachers)
+    if not settings.teachers:
+        recipe.pop("distill_alpha")
+        recipe.pop("distill_temperature")
+    return recipe
+
+
+def recipe_differences(report: dict, settings) -> list[str]:
+    """Recipe settings of ``settings`` that differ from the cross-validated recipe's."""
+    ours = _recipe(settings)
+    theirs = report["recipe"]
+    return [
+        f"{key} {ours.get(key)!r} (cross-validated: {theirs.get(key)!r})"
+        for key in sorted(set(ours) | set(theirs))
+        if key != "export_sizes" and ours.get(key) != theirs.get(key)
+    ]
+
+
+def whole_pool_command(settings, out: Path, report: dict) -> str:
+    pool = report["whole_pool"]
+    parts = [
+        "bin-daemon train",
+        f"--data {settings.data}",
+        f"--backbone {settings.backbone}",
+        f"--input-size {settings.input_size}",
+        f"--finetune-blocks {settings.finetune_blocks}",
+        f"--lr {settings.finetune_lr}",
+        f"--batch-size {settings.batch_size}",
+        f"--hard-views {settings.hard_view_probability}",
+        f"--seed {settings.seed}",
+        "--all-data",
+        f"--crossval {out}",
+        f"--epochs {pool['finetune_epochs']}",
+        f"--head-epochs {pool['head_epochs']}",
+        f"--export-sizes {' '.join(str(x) for x in settings.export_sizes)}".rstrip(),
+    ]
+    if settings.teachers:
+        parts += [f"--distill-alpha {settings.distill_alpha}"]
+        parts += [f"--distill-temperature {settings.distill_temperature}"]
+        # a cross-validated teacher (DIR) teaches the whole pool through its whole-pool model,
+        # by convention DIR-pool (docs/TRAINING.md)
+        parts += [
+            f"--teacher {t}" if not (Path(t) / REPORT).is_file() else f"--teacher {t}-pool"
+            for t in settings.teachers
+        ]
+    return " ".join([*parts, "--out models/"])
+
+
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if key in {"macro_f1", "min_recall", "camera_macro_f1"}:
+        return f"{value:.3f}"
+    if key == "int8_minus_float_points":
+        return f"{value:+.2f}"
+    return f"{100 * value:.1f}%"
+
+
+def _spread_cell(key: str, s: dict) -> str:
+    if s["mean"] is None:
+        return "-"
+    std = (
+        f"{s['std']:.2f}"
+        if key == "int8_minus_float_points"
+        else (
+            f"{s['std']:.3f}"
+            if key in {"macro_f1", "min_recall", "camera_macro_f1"}
+            else f"{100 * s['std']:.1f} pt"
+        )
+    )
+    return f"{_fmt(key, s['mean'])} ± {std} ({_fmt(key, s['min'])} to {_fmt(key, s['max'])})"
+
+
+def render(report: dict) -> str:
+    k = report["folds"]
+    pool = report["whole_pool"]
+    lines = [
+        f"# Cross-validation: {k} folds",
+        "",
+        f"{report['images']} images of `{report['data']}`, stratified folds (seed "
+        f"{report['fold_seed']}, folds hash `{report['folds_hash'][:16]}...`, `folds.csv`). "
+        f"Command: `{report['command']}`; {report['minutes']} min.",
+        "",
+        "Each fold's model trained on the other folds (their `val` part for early stopping, "
+        "inference size, temperature and threshold) and was scored on its held-out fold by the "
+        "daemon's own path, clean and under bin-camera conditions; bin figures under the "
+        "bundled default config's bins, contamination by top-1 label, coverage at the fold's "
+        "unsure threshold. Mean ± sample standard deviation over folds (min to max).",
+        "",
+        "| metric | mean ± sd (min to max) | "
+        + " | ".join(f"fold {i + 1}" for i in range(k))
+        + " |",
+        "|---|---|" + "---|" * k,
+    ]
+    for key, label in METRICS:
+        s = report["metrics"][key]
+        lines.append(
+            f"| {label} | {_spread_cell(key, s)} | "
+            + " | ".join(_fmt(key, v) for v in s["folds"])
+            + " |"
+        )
+    rows = report["per_fold"]
+    lines += [
+        "| fine-tuning epoch kept by early stopping | | "
+        + " | ".join(f"{r['finetune_best_epoch']} of {r['finetune_epochs_run']}" for r in rows)
+        + " |",
+        "| head epoch kept | | " + " | ".join(str(r["head_best_epoch"]) for r in rows) + " |",
+        "| inference size | | " + " | ".join(f"{r['input_size']} px" for r in rows) + " |",
+        "| minutes | | " + " | ".join(str(r["minutes"]) for r in rows) + " |",
+        "",
+        "## Targets (issue 15, on the cross-validated mean)",
+        "",
+        "| target | goal | mean | met |",
+        "|---|---|---|---|",
+    ]
+    for name, t in report["targets"].items():
+        lines.append(
+            f"| {name} | {t['target']} | {_fmt(name, t['mean'])} | {'yes' if t['met'] else '**no**'} |"
+        )
+    if report["teachers"]:
+        lines += [
+            "",
+            "Distilled from: " + ", ".join(f"`{t}`" for t in report["teachers"]) + ".",
+        ]
+        if report["teachers_saw_held_out"]:
+            lines.append(
+                "**Optimistic:** these teachers are plain model folders and may have trained on "
+                "the held-out folds: " + ", ".join(report["teachers_saw_held_out"]) + "."
+            )
+    lines += [
+        "",
+        "## For whole-pool training",
+        f"- Epochs: fine-tuning {pool['finetune_epochs']}, head {pool['head_epochs']} (median "
+        "of the epochs early stopping kept in the folds); inference size "
+        f"{pool['input_size']} px (the folds' most frequent choice).",
+        f"- Temperature {pool['temperature']} and unsure threshold {pool['unsure_threshold']}, "
+        f"fitted on {pool['calibration_from']}; out-of-fold NLL {pool['out_of_fold_nll']['at_1']} "
+        f"at T=1, {pool['out_of_fold_nll']['at_temperature']} at the fitted T.",
+        f"- Command: `{pool['command']}`",
+    ]
+    return "\n".join(lines) + "\n"

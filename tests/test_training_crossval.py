@@ -1,0 +1,242 @@
+"""Cross-validation, whole-pool training and distillation (issue 15) on a tiny subset.
+
+The loss and the teachers are checked against numbers computed by hand and against the
+shipped int8 model; then one 2-fold cross-validation of a distilled recipe (the shipped
+model as the teacher) and one whole-pool run of the same recipe go through the CLI end to
+end at 96 px, 1 epoch (about a minute: three tiny trainings). None of it trains a real model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bin_daemon.cli import main
+
+pytest.importorskip("tensorflow", reason="needs the [train] extra")
+
+from bin_daemon.errors import BinDaemonError
+from bin_daemon.training import crossval
+from bin_daemon.training.distill import (
+    Teacher,
+    Teachers,
+    distillation_loss,
+    soften,
+)
+
+SAMPLES = Path(__file__).parent / "data" / "samples"
+SHIPPED = Path(__file__).resolve().parents[1] / "models"
+LABELS = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+
+
+def _loss(alpha, temperature, y_true, logits, label_smoothing=0.0):
+    fn = distillation_loss(2, alpha, temperature, label_smoothing)
+    return np.asarray(fn(np.array([y_true], np.float32), np.array([logits], np.float32)))[0]
+
+
+def test_distillation_loss_by_hand():
+    # student logits [0, 0]: softmax at any T is [0.5, 0.5]; teacher soft label [0.75, 0.25]
+    hard, soft = [1.0, 0.0], [0.75, 0.25]
+    # alpha 1: T^2 * CE(q, [.5, .5]) = 4 * ln 2 (the hard label plays no part)
+    assert _loss(1.0, 2.0, hard + soft, [0, 0]) == pytest.approx(4 * math.log(2), rel=1e-5)
+    assert _loss(1.0, 2.0, [0.0, 1.0, *soft], [0, 0]) == pytest.approx(4 * math.log(2), rel=1e-5)
+    # alpha 0: plain cross entropy with the hard label = ln 2
+    assert _loss(0.0, 2.0, hard + soft, [0, 0]) == pytest.approx(math.log(2), rel=1e-5)
+    assert _loss(0.5, 2.0, hard + soft, [0, 0]) == pytest.approx(2.5 * math.log(2), rel=1e-5)
+    # student logits [ln 3, 0] at T 1 equal the teacher: CE = entropy of [.75, .25]
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert _loss(1.0, 1.0, hard + soft, [math.log(3), 0]) == pytest.approx(entropy, rel=1e-5)
+
+
+def test_with_alpha_1_the_students_target_is_the_teachers_soft_label():
+    import tensorflow as tf
+
+    fn = distillation_loss(2, 1.0, 2.0)
+    y = tf.constant([[1.0, 0.0, 0.75, 0.25]])
+    logits = tf.Variable([[0.0, 0.0]])
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(fn(y, logits))
+    # d/ds of T^2 * CE(q, softmax(s / T)) = T * (softmax(s / T) - q) = 2 * ([.5, .5] - q)
+    assert tape.gradient(value, logits).numpy() == pytest.approx(np.array([[-0.5, 0.5]]))
+    # zero where softmax(s / T) = q: s = T * log q (+ any constant)
+    logits.assign([[2 * math.log(0.75) + 1.0, 2 * math.log(0.25) + 1.0]])
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(fn(y, logits))
+    assert tape.gradient(value, logits).numpy() == pytest.approx(np.zeros((1, 2)), abs=1e-6)
+
+
+def test_soften_and_bad_settings():
+    p = np.array([[0.7, 0.2, 0.1]])
+    assert soften(np.log(p), 1.0) == pytest.approx(p)
+    softer = soften(np.log(p), 4.0)
+    assert softer.sum() == pytest.approx(1.0) and softer.max() < 0.7 and softer.min() > 0.1
+    with pytest.raises(ValueError, match="alpha"):
+        distillation_loss(2, 1.5, 4.0)
+
+
+def test_a_teacher_runs_at_its_own_size_and_gives_back_its_calibrated_probabilities():
+    from bin_daemon.model.classifier import Classifier
+    from bin_daemon.model.preprocess import load_image, to_model_input
+
+    teacher = Teacher(SHIPPED, LABELS)
+    classifier = Classifier.load(SHIPPED)
+    assert teacher.size == classifier.input_size
+    image = load_image(next((SAMPLES / "glass").iterdir()))
+    view = to_model_input(image, 500)  # a view larger than the teacher's input
+    logits = teacher.logits(view[None])
+    probs = soften(logits, teacher.calibration_temperature)[0]  # back to the card's output
+    prediction = classifier.classify(to_model_input(view, teacher.size))
+    assert LABELS[int(probs.argmax())] == prediction.label
+    assert probs.max() == pytest.approx(prediction.confidence, abs=2 / 256)
+    ensemble = Teachers([teacher, Teacher(SHIPPED, LABELS)], 4.0)
+    assert ensemble.soft_labels(view[None]) == pytest.approx(soften(logits, 4.0), abs=1e-6)
+    assert ensemble.take_cost()[1] == 1
+    with pytest.raises(BinDaemonError, match="labels"):
+        Teacher(SHIPPED, list(reversed(LABELS)))
+    with pytest.raises(BinDaemonError, match="not a model folder"):
+        Teacher(SAMPLES, LABELS)
+
+
+EPOCHS = ["--epochs", "1", "--head-epochs", "1"]
+TINY = [
+    "--input-size",
+    "96",
+    "--batch-size",
+    "8",
+    "--export-sizes",
+    "--compare",
+    "none",
+    "--teacher",
+    str(SHIPPED),
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    data = root / "data"
+    for folder in SAMPLES.iterdir():
+        if folder.is_dir():
+            shutil.copytree(folder, data / folder.name)
+    cv, pool = root / "cv", root / "pool"
+    work = ["--work-dir", str(root / "work")]
+    assert (
+        main(
+            ["train", "--data", str(data), "--out", str(cv), "--folds", "2", *TINY, *EPOCHS, *work]
+        )
+        == 0
+    )
+    # epochs: the cross-validation's (median of the epochs early stopping kept)
+    args = ["train", "--data", str(data), "--out", str(pool), "--all-data", "--crossval", str(cv)]
+    assert main([*args, *TINY, *work]) == 0
+    return data, cv, pool
+
+
+def test_crossval_holds_out_every_image_once_and_reports_mean_and_spread(sweep):
+    _data, cv, _ = sweep
+    report = json.loads((cv / "crossval.json").read_text())
+    with (cv / "folds.csv").open() as handle:
+        folds = {r["path"]: int(r["fold"]) for r in csv.DictReader(handle)}
+    assert len(folds) == 24 and set(folds.values()) == {1, 2}
+    for fold in (1, 2):
+        with (cv / f"fold-{fold}" / "split.csv").open() as handle:
+            split = list(csv.DictReader(handle))
+        held_out = {r["path"] for r in split if r["subset"] == "test"}
+        assert held_out == {p for p, f in folds.items() if f == fold}
+        assert all(r["subset"] in {"train", "val"} for r in split if r["path"] not in held_out)
+    assert len(report["per_fold"]) == 2 and sum(r["n"] for r in report["per_fold"]) == 24
+    for key, _ in crossval.METRICS:
+        s = report["metrics"][key]
+        values = [v for v in s["folds"] if v is not None]
+        if values:
+            assert s["mean"] == pytest.approx(np.mean(values), abs=1e-4)
+            assert s["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+    assert report["epochs"]["finetune_best"] == [1, 1]
+    assert report["whole_pool"]["finetune_epochs"] == 1
+    assert report["teachers_saw_held_out"] == [str(SHIPPED)]  # a plain model folder
+    markdown = (cv / "crossval.md").read_text()
+    assert "| top-1 accuracy (int8) |" in markdown and " ± " in markdown
+    assert "bin-camera: top-1 accuracy" in markdown and "--all-data" in markdown
+
+
+def test_crossval_scores_held_out_images_by_the_daemons_path(sweep):
+    from bin_daemon.config import load_config
+    from bin_daemon.loop.service import make_policy
+    from bin_daemon.model.classifier import Classifier
+    from bin_daemon.model.evaluate import evaluate_items
+
+    data, cv, _ = sweep
+    report = json.loads((cv / "crossval.json").read_text())
+    fold_dir = cv / "fold-2"
+    classifier = Classifier.load(fold_dir)
+    with (fold_dir / "split.csv").open() as handle:
+        items = [
+            (r["label"], data / r["path"]) for r in csv.DictReader(handle) if r["subset"] == "test"
+        ]
+    run = evaluate_items(classifier, items, "x", policy=make_policy(load_config(None), classifier))
+    assert report["per_fold"][1]["accuracy"] == pytest.approx(run.report.accuracy, abs=1e-4)
+    assert run.bins is not None
+    assert report["per_fold"][1]["bin_accuracy"] == pytest.approx(run.bins.top1.accuracy, abs=1e-4)
+
+
+def test_an_interrupted_crossval_continues_without_training_again(sweep, capsys):
+    data, cv, _ = sweep
+    before = (cv / "fold-1" / "waste_classifier.tflite").read_bytes()
+    args = ["train", "--data", str(data), "--out", str(cv), "--folds", "2", *TINY, *EPOCHS]
+    assert main([*args, "--work-dir", str(cv.parent / "work")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already trained") == 2 and "[train" not in out
+    assert (cv / "fold-1" / "waste_classifier.tflite").read_bytes() == before
+
+
+def test_distillation_ran_and_logged_its_cost(sweep):
+    _, cv, _ = sweep
+    results = json.loads((cv / "fold-1" / "training_results.json").read_text())
+    assert results["training"]["teachers"] == [str(SHIPPED)]
+    assert results["training"]["distill_alpha"] == 0.7
+    distillation = results["distillation"]
+    assert distillation["teacher_ms_per_batch"] > 0 and distillation["view_size"] == 352
+    assert distillation["teachers"][0]["input_size"] == 352
+
+
+def test_teachers_of_a_crossval_folder_teach_their_own_fold(sweep, tmp_path):
+    _, cv, _ = sweep
+    report = json.loads((cv / "crossval.json").read_text())
+    chosen = crossval._teachers_for((cv, SHIPPED), 1, report["folds_hash"])
+    assert chosen == (cv / "fold-2", SHIPPED)
+    with pytest.raises(BinDaemonError, match="other folds"):
+        crossval._teachers_for((cv,), 0, "0" * 64)
+    with pytest.raises(BinDaemonError, match="DIR-pool"):  # whole pool: not a model folder
+        Teacher(cv, LABELS)
+
+
+def test_whole_pool_model_card_reports_the_cross_validated_figure(sweep):
+    from bin_daemon.model.classifier import Classifier
+
+    _, cv, pool = sweep
+    report = json.loads((cv / "crossval.json").read_text())
+    card = json.loads((pool / "model_card.json").read_text())
+    assert card["metrics"]["split"] == "cross-validated"
+    assert card["metrics"]["expected"]["accuracy"] == report["metrics"]["accuracy"]
+    assert card["temperature"] == pytest.approx(report["whole_pool"]["temperature"], abs=1e-4)
+    assert card["unsure_threshold"] == report["whole_pool"]["unsure_threshold"]
+    assert card["dataset"]["counts"] == {"train": 24, "val": 0, "test": 0}
+    assert card["training"]["finetune_epochs_run"] == 1 and card["training"]["whole_pool"]
+    markdown = (pool / "MODEL_CARD.md").read_text()
+    assert "cross-validated" in markdown and "out-of-fold" in markdown
+    assert Classifier.load(pool).input_size == report["whole_pool"]["input_size"]
+
+
+def test_whole_pool_refuses_another_recipe_or_no_crossval(sweep, capsys):
+    data, cv, pool = sweep
+    args = ["train", "--data", str(data), "--out", str(pool.parent / "x"), "--all-data"]
+    assert main([*args, "--crossval", str(cv), *TINY[2:], "--input-size", "80", *EPOCHS]) != 0
+    assert "input_size 80" in capsys.readouterr().err
+    assert main([*args, *TINY]) != 0
+    assert "--all-data needs --crossval" in capsys.readouterr().err
