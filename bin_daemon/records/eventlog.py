@@ -37,6 +37,7 @@ from typing import Any
 
 from bin_daemon.errors import BinDaemonError
 from bin_daemon.records.events import SortEvent, iso_utc
+from bin_daemon.records.sqlite import open_durable
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +124,8 @@ class EventLog:
         self.path = Path(path)
         self.keep_days = keep_days
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: autocommit, each statement its own transaction.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL not supported here")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=2000")
+            self._db = open_durable(self.path, schema_version=SCHEMA_VERSION, busy_timeout_ms=2000)
             self._db.executescript(SCHEMA)
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {version} is newer than this program's {SCHEMA_VERSION}"
-                )
             for column in _CORRECTION_COLUMNS - _columns(self._db):  # a version 1 file
                 self._db.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from bin_daemon.errors import BinDaemonError
 from bin_daemon.records.events import iso_utc
+from bin_daemon.records.sqlite import open_durable
 
 FILE_NAME = "site.sqlite3"
 SCHEMA_VERSION = 1
@@ -115,18 +116,7 @@ class SiteStore:
         self.path = Path(path)
         self.quota_bytes = int(quota_mb * 1024 * 1024)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL not supported here")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {version} is newer than this program's {SCHEMA_VERSION}"
-                )
+            self._db = open_durable(self.path, schema_version=SCHEMA_VERSION, busy_timeout_ms=5000)
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (OSError, sqlite3.Error) as error:
