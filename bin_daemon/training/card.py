@@ -40,12 +40,36 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
-def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
+def identity(results: dict, model_path: Path, *, version_suffix: str = "") -> dict:
+    """The card's first keys, which every card shares: what the model is and takes."""
     data = model_path.read_bytes()
+    size = results["input_size"]
+    return {
+        "name": "smart-bin waste classifier",
+        "version": f"{time.strftime('%Y.%m.%d')}-{results['backbone']}-{size}{version_suffix}",
+        "model_file": model_path.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "labels": results["labels"],
+        "backbone": results["backbone"],
+        "backbone_groups": results.get("backbone_groups"),
+        "input": {
+            "size": size,
+            "shape": [1, size, size, 3],
+            "dtype": "uint8",
+            "color": "RGB",
+            "transform": "largest centred square, area-resized to size x size "
+            "(bin_daemon.model.preprocess.to_model_input)",
+            "normalisation": "inside the model: (x - 127) / 128",
+        },
+    }
+
+
+def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
     t_int8, t_float = results["test_int8"], results["test_float"]
     min_recall = min(c["recall"] for c in t_int8["per_class"].values())
     drop = 100 * (t_float["accuracy"] - t_int8["accuracy"])
-    size_mb = len(data) / 1e6
+    size_mb = model_path.stat().st_size / 1e6
     latency = results["latency_ms"]
     # the whole command (training, the comparison backbone, the card), when the CLI measured it
     command_seconds = results["training"].get(
@@ -71,25 +95,8 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
         }
         for name, goal in TARGETS.items()
     }
-    size = results["input_size"]
     return {
-        "name": "smart-bin waste classifier",
-        "version": f"{time.strftime('%Y.%m.%d')}-{results['backbone']}-{size}",
-        "model_file": model_path.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-        "labels": results["labels"],
-        "backbone": results["backbone"],
-        "backbone_groups": results.get("backbone_groups"),
-        "input": {
-            "size": size,
-            "shape": [1, size, size, 3],
-            "dtype": "uint8",
-            "color": "RGB",
-            "transform": "largest centred square, area-resized to size x size "
-            "(bin_daemon.model.preprocess.to_model_input)",
-            "normalisation": "inside the model: (x - 127) / 128",
-        },
+        **identity(results, model_path),
         "output": {"dtype": "uint8", "kind": "probabilities", "calibration": "temperature scaling"},
         **({"embedding": results["embedding"]} if results.get("embedding") else {}),
         "quantisation": "full-integer post-training quantisation: int8 weights and activations, "

@@ -9,40 +9,21 @@ temperature, unsure threshold, sha256, embedding).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
-from bin_daemon.training.card import _machine
+from bin_daemon.training.card import _machine, identity
 from bin_daemon.training.crossval import METRICS, _fmt, _spread_cell
 
 EXPECTED = "cross-validated"
 
 
 def build_pool_card(results: dict, model_path: Path, crossval: dict, crossval_dir: Path) -> dict:
-    data = model_path.read_bytes()
-    size = results["input_size"]
     training = results["training"]
     pool = crossval["whole_pool"]
     return {
-        "name": "smart-bin waste classifier",
-        "version": f"{time.strftime('%Y.%m.%d')}-{results['backbone']}-{size}-pool",
-        "model_file": model_path.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-        "labels": results["labels"],
-        "backbone": results["backbone"],
-        "backbone_groups": results.get("backbone_groups"),
-        "input": {
-            "size": size,
-            "shape": [1, size, size, 3],
-            "dtype": "uint8",
-            "color": "RGB",
-            "transform": "largest centred square, area-resized to size x size "
-            "(bin_daemon.model.preprocess.to_model_input)",
-            "normalisation": "inside the model: (x - 127) / 128",
-        },
+        **identity(results, model_path, version_suffix="-pool"),
         "output": {
             "dtype": "uint8",
             "kind": "probabilities",
