@@ -647,9 +647,9 @@ class Service:
     def _teach_corrections(self) -> None:
         """Between items: add the frames corrected on the console to the site store (the
         head is refitted by ``_refresh_site``)."""
-        from bin_daemon.site.teach import teach
-
         while not self._corrections.empty():
+            from bin_daemon.site.teach import teach
+
             item_id, label, frame = self._corrections.get_nowait()
             if self.site is None or self.site.store is None:
                 log.warning(
