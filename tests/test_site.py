@@ -501,7 +501,9 @@ def test_every_record_says_whether_the_site_changed_it(tmp_path, capsys, samples
     assert journal_fields(event)["SITE"] == int(records[0]["site"])
 
 
-def test_the_daemon_refits_between_items_when_the_store_changes(tmp_path, real, samples_dir):
+def test_the_daemon_refits_between_items_when_the_store_changes(
+    tmp_path, real, samples_dir, monkeypatch
+):
     from bin_daemon.loop.policy import Policy
     from bin_daemon.loop.service import SITE_CHECK_EVERY_S, RunOptions, Service
 
@@ -524,10 +526,36 @@ def test_the_daemon_refits_between_items_when_the_store_changes(tmp_path, real, 
     service._refresh_site()
     assert service.site.head is not None and "bottle" in service.site.labels
     assert service._decide("bottle", 0.6).unsure  # the card's 0.85 while the head has none
-    service.site.head.unsure_threshold = 0.5  # a head that recalibrates: its threshold counts
+    # a head that recalibrates a threshold: the policy takes it at the refit
+    fit = SiteHead.fit.__func__
+
+    def recalibrating_fit(cls, *args, **kwargs):
+        head = fit(cls, *args, **kwargs)
+        head.unsure_threshold = 0.5
+        return head
+
+    monkeypatch.setattr(SiteHead, "fit", classmethod(recalibrating_fit))
+    with SiteStore(path) as other:
+        teach(other, real, label="bottle", rgb_or_path=glass(samples_dir)[2])
+    now[0] += SITE_CHECK_EVERY_S
+    service._refresh_site()
     decision = service._decide("bottle", 0.6)
     assert decision.bin == "glass" and not decision.unsure
+    assert service._policy.unsure_threshold == 0.5
     service._close_site()
+
+
+def test_the_unsure_threshold_is_the_configs_else_the_heads_else_the_cards(real):
+    from types import SimpleNamespace
+
+    from bin_daemon.loop.service import unsure_threshold
+
+    configured = parse_config(SITE_CONFIG.replace("unsure_threshold: 0.0", "unsure_threshold: 0.3"))
+    unset = parse_config(SITE_CONFIG.replace("unsure_threshold: 0.0", "unsure_threshold: null"))
+    head_says = SimpleNamespace(unsure_threshold=0.5, card_unsure_threshold=0.85)
+    assert unsure_threshold(configured, head_says) == 0.3
+    assert unsure_threshold(unset, head_says) == 0.5
+    assert unsure_threshold(unset, real) == real.card_unsure_threshold == 0.85
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as `sudo bin-daemon site add` runs")

@@ -250,7 +250,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from bin_daemon.config import load_config
-    from bin_daemon.loop.service import load_classifier
+    from bin_daemon.loop.service import load_classifier, unsure_threshold
     from bin_daemon.model.preprocess import load_image
 
     config = load_config(args.config)
@@ -265,9 +265,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     classifier, site_line = _with_site(classifier, config, args)
     if site_line is not None and not args.json:
         print(site_line)
-    threshold = getattr(classifier, "unsure_threshold", None) or (
-        classifier.card_unsure_threshold or 0.0
-    )
+    threshold = unsure_threshold(config, classifier) or 0.0
     results = []
     failed = 0
     for path in args.images:

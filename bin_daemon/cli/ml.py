@@ -312,9 +312,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         classifier, config, state_dir=args.state_dir, no_site=args.no_site
     )
     policy = make_policy(config, classifier)
-    head_threshold = getattr(classifier, "unsure_threshold", None)
-    if head_threshold is not None and config.model.unsure_threshold is None:
-        policy = dataclasses.replace(policy, unsure_threshold=head_threshold)
     result = evaluate(classifier, args.dataset, policy=policy)
     if args.json:
         print(json.dumps({**result.as_dict(), "tta": tta, "site": site_line}, indent=1))

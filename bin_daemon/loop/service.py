@@ -21,7 +21,6 @@ reported as ``STATUS=degraded: ...`` and clear when the device recovers.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import signal
@@ -85,10 +84,21 @@ def load_classifier(config: Config, *, reference_kernels: bool = False) -> Class
     return classifier
 
 
-def make_policy(config: Config, classifier: Classifier) -> Policy:
-    threshold = config.model.unsure_threshold
-    if threshold is None:
-        threshold = classifier.card_unsure_threshold
+def unsure_threshold(config: Config, classifier: Any) -> float | None:
+    """The unsure threshold in force: the config's, else the site head's when it recalibrated
+    one (a ``SiteClassifier``), else the model card's; None if none of them gives one."""
+    for threshold in (
+        config.model.unsure_threshold,
+        getattr(classifier, "unsure_threshold", None),
+        classifier.card_unsure_threshold,
+    ):
+        if threshold is not None:
+            return threshold
+    return None
+
+
+def make_policy(config: Config, classifier: Any) -> Policy:
+    threshold = unsure_threshold(config, classifier)
     if threshold is None:
         raise ModelError(
             f"{classifier.model_path.parent}: the model card has no unsure_threshold; "
@@ -246,7 +256,7 @@ class Service:
         self.site = self._open_site(config, classifier)
         for warning in config.check_labels(classifier.labels, self._site_labels()):
             log.warning("%s", warning)
-        policy = make_policy(config, classifier)
+        policy = make_policy(config, self.site)
         self._policy = policy
         log.info(
             "model %s %s (sha256 %s, %s), unsure below %.2f",
@@ -412,7 +422,7 @@ class Service:
             try:
                 for warning in config.check_labels(classifier.labels, self._site_labels(site)):
                     log.warning("%s", warning)
-                policy = make_policy(config, classifier)
+                policy = make_policy(config, site)
             except BinDaemonError:
                 if site.store is not None:
                     site.store.close()
@@ -494,19 +504,16 @@ class Service:
             return
         self._site_checked = now
         if self.site.refresh():
+            self._policy = make_policy(self._config, self.site)  # the head's threshold, if any
             log.info(
                 "site store changed: %s (refit %.0f ms)", self.site.describe(), self.site.fit_ms
             )
 
     def _decide(self, label: str | None, confidence: float) -> Any:
-        """The policy, with the site head's unsure threshold when it gives one (a threshold
-        set in the config wins over both the head's and the card's), and full bins routed
-        to their overflow when fill sensors are there."""
+        """The policy (its threshold from ``unsure_threshold``), with full bins routed to
+        their overflow when fill sensors are there."""
         assert self._policy is not None
         policy = self._policy
-        threshold = self.site.unsure_threshold if self.site is not None else None
-        if threshold is not None and self._config_threshold() is None:
-            policy = dataclasses.replace(policy, unsure_threshold=threshold)
         if self.fill is None:
             return policy.decide(label, confidence)
         # full bins routed to their overflow (fill settings apply at a restart)
@@ -516,10 +523,6 @@ class Service:
             overflow=self.fill.overflow,
             fallback_bin=policy.fallback_bin,
         )
-
-    def _config_threshold(self) -> float | None:
-        config = getattr(self, "_config", None)
-        return config.model.unsure_threshold if config is not None else None
 
     def _close_site(self) -> None:
         if self.site is not None and self.site.store is not None:
