@@ -240,3 +240,40 @@ def test_whole_pool_refuses_another_recipe_or_no_crossval(sweep, capsys):
     assert "input_size 80" in capsys.readouterr().err
     assert main([*args, *TINY]) != 0
     assert "--all-data needs --crossval" in capsys.readouterr().err
+
+
+def test_an_interrupted_crossval_leaves_its_finished_folds_marked_partial(
+    sweep, tmp_path, monkeypatch, capsys
+):
+    """Killed during fold 2: fold 1's figures are on disk, and nothing takes them as final."""
+    import bin_daemon.training.train as training
+
+    data, cv, _ = sweep
+    partial = tmp_path / "cv"
+    shutil.copytree(cv, partial)
+    (partial / "fold-2" / "training_results.json").unlink()  # fold 2 never finished
+    (partial / "crossval.json").unlink()
+
+    def interrupted(settings):
+        assert settings.out == partial / "fold-2"
+        raise KeyboardInterrupt  # what a stopped session does to the sweep
+
+    monkeypatch.setattr(training, "train", interrupted)
+    args = ["train", "--data", str(data), "--out", str(partial), "--folds", "2", *TINY, *EPOCHS]
+    assert main([*args, "--work-dir", str(tmp_path / "work")]) == 130  # Ctrl-C's status
+    report = json.loads((partial / "crossval.json").read_text())
+    full = json.loads((cv / "crossval.json").read_text())
+    assert report["folds_finished"] == 1 and not report["complete"]
+    assert "whole_pool" not in report
+    assert [r["fold"] for r in report["per_fold"]] == [1]
+    assert report["metrics"]["accuracy"]["folds"] == full["metrics"]["accuracy"]["folds"][:1]
+    markdown = (partial / "crossval.md").read_text()
+    assert "**Partial:**" in markdown and "1 of 2 folds" in markdown
+    assert "| fold 1 |" in markdown and "fold 2" not in markdown.split("## Targets")[0]
+    assert "## For whole-pool training" not in markdown
+    capsys.readouterr()
+    pool = ["train", "--data", str(data), "--out", str(tmp_path / "pool"), "--all-data"]
+    assert main([*pool, "--crossval", str(partial), *TINY]) != 0
+    assert "unfinished (1 of 2 folds)" in capsys.readouterr().err
+    with pytest.raises(BinDaemonError, match="unfinished"):
+        crossval._teachers_for((partial,), 0, report["folds_hash"])

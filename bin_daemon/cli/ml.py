@@ -242,6 +242,8 @@ def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None
             f"--all-data needs --crossval DIR with {crossval.REPORT} (bin-daemon train --folds K)"
         )
     report = json.loads((args.crossval / crossval.REPORT).read_text())
+    if reason := crossval.unfinished(report):
+        raise BinDaemonError(f"--crossval {args.crossval}: {reason}")
     differences = crossval.recipe_differences(report, settings)
     if differences:
         raise BinDaemonError(

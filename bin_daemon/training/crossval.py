@@ -142,6 +142,8 @@ def _teachers_for(teachers: tuple[Path, ...], fold: int, fold_hash: str) -> tupl
                     f"teacher {teacher}: cross-validated on other folds than this run "
                     "(same data, --folds and --fold-seed needed)"
                 )
+            if reason := unfinished(theirs):
+                raise BinDaemonError(f"teacher {teacher}: {reason}")
             chosen.append(teacher / f"fold-{fold + 1}")
         else:
             chosen.append(teacher)
@@ -192,7 +194,7 @@ def run(
             write_card(results, fold_dir, [])
         else:
             log(f"fold {fold + 1}/{k}: already trained in {fold_dir}, scored again")
-        figures = fold_figures(fold_dir, base.data, base.seed, results)
+        figures = {"fold": fold + 1, **fold_figures(fold_dir, base.data, base.seed, results)}
         log(
             f"fold {fold + 1}/{k}: held-out accuracy {figures['accuracy']:.3f}, bin-camera "
             f"{figures['camera_accuracy']:.3f}, bin accuracy {figures['bin_accuracy']:.3f}; "
@@ -202,22 +204,31 @@ def run(
         held = np.load(fold_dir / "held_out_logits.npz")
         oof_logits.append(held["logits"])
         oof_targets.append(held["targets"])
-    logits, targets = np.concatenate(oof_logits), np.concatenate(oof_targets)
-    temperature = calibration.fit_temperature(logits, targets)
-    scaled = logits / temperature
-    probs = np.exp(scaled - scaled.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    threshold, curve = calibration.choose_threshold(
-        probs, targets, base.target_accepted_accuracy, base.min_coverage
-    )
+        # written after every fold, so that an interrupted sweep leaves its finished folds'
+        # figures (marked partial) for the maintainer to read while it is continued
+        report = _report(base, k, fold_seed, fold_hash, len(samples), rows, started)
+        if len(rows) == k:
+            report["whole_pool"] = _whole_pool(
+                base, rows, np.concatenate(oof_logits), np.concatenate(oof_targets), k
+            )
+            report["whole_pool"]["command"] = whole_pool_command(base, out, report)
+        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        (out / MARKDOWN).write_text(render(report))
+    log(f"wrote {out / REPORT} and {out / MARKDOWN}")
+    return report
+
+
+def _report(base, k: int, fold_seed: int, fold_hash: str, images: int, rows: list, started):
+    """The figures of the folds finished so far (``complete`` once all ``k`` are)."""
     metrics = {key: spread([r[key] for r in rows]) for key, _ in METRICS}
-    sizes = Counter(r["input_size"] for r in rows)
-    report = {
+    return {
         "recipe": _recipe(base),
         "folds": k,
+        "folds_finished": len(rows),
+        "complete": len(rows) == k,
         "fold_seed": fold_seed,
         "folds_hash": fold_hash,
-        "images": len(samples),
+        "images": images,
         "data": str(base.data),
         "command": base.command,
         "teachers": [str(t) for t in base.teachers],
@@ -238,27 +249,45 @@ def run(
             "finetune_best": [r["finetune_best_epoch"] for r in rows],
             "head_best": [r["head_best_epoch"] for r in rows],
         },
-        "whole_pool": {
-            "finetune_epochs": round(statistics.median(r["finetune_best_epoch"] for r in rows)),
-            "head_epochs": round(statistics.median(r["head_best_epoch"] for r in rows)),
-            "input_size": max(sizes, key=lambda s: (sizes[s], s)),
-            "temperature": round(temperature, 4),
-            "unsure_threshold": threshold,
-            "coverage_curve": curve,
-            "out_of_fold_nll": {
-                "at_1": round(calibration.nll(logits, targets, 1.0), 4),
-                "at_temperature": round(calibration.nll(logits, targets, temperature), 4),
-            },
-            "calibration_from": f"{len(targets)} out-of-fold logits of the {k} fold models "
-            "(each image predicted by the model that did not train on it)",
-        },
         "minutes": round((time.monotonic() - started) / 60, 1),
     }
-    report["whole_pool"]["command"] = whole_pool_command(base, out, report)
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    (out / MARKDOWN).write_text(render(report))
-    log(f"wrote {out / REPORT} and {out / MARKDOWN}")
-    return report
+
+
+def _whole_pool(base, rows: list, logits: np.ndarray, targets: np.ndarray, k: int) -> dict:
+    """What whole-pool training takes from the folds: epochs, size, calibration."""
+    temperature = calibration.fit_temperature(logits, targets)
+    scaled = logits / temperature
+    probs = np.exp(scaled - scaled.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    threshold, curve = calibration.choose_threshold(
+        probs, targets, base.target_accepted_accuracy, base.min_coverage
+    )
+    sizes = Counter(r["input_size"] for r in rows)
+    return {
+        "finetune_epochs": round(statistics.median(r["finetune_best_epoch"] for r in rows)),
+        "head_epochs": round(statistics.median(r["head_best_epoch"] for r in rows)),
+        "input_size": max(sizes, key=lambda s: (sizes[s], s)),
+        "temperature": round(temperature, 4),
+        "unsure_threshold": threshold,
+        "coverage_curve": curve,
+        "out_of_fold_nll": {
+            "at_1": round(calibration.nll(logits, targets, 1.0), 4),
+            "at_temperature": round(calibration.nll(logits, targets, temperature), 4),
+        },
+        "calibration_from": f"{len(targets)} out-of-fold logits of the {k} fold models "
+        "(each image predicted by the model that did not train on it)",
+    }
+
+
+def unfinished(report: dict) -> str | None:
+    """Why a report cannot stand for its recipe yet (None when every fold is finished)."""
+    finished = report.get("folds_finished", report["folds"])
+    if finished < report["folds"]:
+        return (
+            f"its cross-validation is unfinished ({finished} of {report['folds']} folds); "
+            "run the same `bin-daemon train --folds` command again to continue it"
+        )
+    return None
 
 
 RECIPE_KEYS = (
@@ -354,10 +383,15 @@ def _spread_cell(key: str, s: dict) -> str:
 
 def render(report: dict) -> str:
     k = report["folds"]
-    pool = report["whole_pool"]
-    lines = [
-        f"# Cross-validation: {k} folds",
-        "",
+    rows = report["per_fold"]
+    numbers = [r.get("fold", i + 1) for i, r in enumerate(rows)]
+    lines = [f"# Cross-validation: {k} folds", ""]
+    if reason := unfinished(report):
+        lines += [
+            f"**Partial:** {reason}. The figures below are those of the finished folds only.",
+            "",
+        ]
+    lines += [
         f"{report['images']} images of `{report['data']}`, stratified folds (seed "
         f"{report['fold_seed']}, folds hash `{report['folds_hash'][:16]}...`, `folds.csv`). "
         f"Command: `{report['command']}`; {report['minutes']} min.",
@@ -368,10 +402,8 @@ def render(report: dict) -> str:
         "bundled default config's bins, contamination by top-1 label, coverage at the fold's "
         "unsure threshold. Mean ± sample standard deviation over folds (min to max).",
         "",
-        "| metric | mean ± sd (min to max) | "
-        + " | ".join(f"fold {i + 1}" for i in range(k))
-        + " |",
-        "|---|---|" + "---|" * k,
+        "| metric | mean ± sd (min to max) | " + " | ".join(f"fold {n}" for n in numbers) + " |",
+        "|---|---|" + "---|" * len(rows),
     ]
     for key, label in METRICS:
         s = report["metrics"][key]
@@ -380,7 +412,6 @@ def render(report: dict) -> str:
             + " | ".join(_fmt(key, v) for v in s["folds"])
             + " |"
         )
-    rows = report["per_fold"]
     lines += [
         "| fine-tuning epoch kept by early stopping | | "
         + " | ".join(f"{r['finetune_best_epoch']} of {r['finetune_epochs_run']}" for r in rows)
@@ -389,7 +420,7 @@ def render(report: dict) -> str:
         "| inference size | | " + " | ".join(f"{r['input_size']} px" for r in rows) + " |",
         "| minutes | | " + " | ".join(str(r["minutes"]) for r in rows) + " |",
         "",
-        "## Targets (issue 15, on the cross-validated mean)",
+        f"## Targets (issue 15, on the cross-validated mean of {len(rows)} of {k} folds)",
         "",
         "| target | goal | mean | met |",
         "|---|---|---|---|",
@@ -408,6 +439,9 @@ def render(report: dict) -> str:
                 "**Optimistic:** these teachers are plain model folders and may have trained on "
                 "the held-out folds: " + ", ".join(report["teachers_saw_held_out"]) + "."
             )
+    if "whole_pool" not in report:
+        return "\n".join(lines) + "\n"
+    pool = report["whole_pool"]
     lines += [
         "",
         "## For whole-pool training",
