@@ -505,7 +505,8 @@ def test_the_daemon_refits_between_items_when_the_store_changes(
     tmp_path, real, samples_dir, monkeypatch
 ):
     from bin_daemon.loop.policy import Policy
-    from bin_daemon.loop.service import SITE_CHECK_EVERY_S, RunOptions, Service
+    from bin_daemon.loop.service import RunOptions, Service
+    from bin_daemon.loop.site_link import SITE_CHECK_EVERY_S
 
     now = [0.0]
     service = Service(RunOptions(), monotonic=lambda: now[0])
@@ -514,7 +515,7 @@ def test_the_daemon_refits_between_items_when_the_store_changes(
                           + f"site: {{path: {path}}}\n", source="<test>")  # fmt: skip
     service._config = config
     service._policy = Policy(config.bin_for_label(), config.fallback_bin, 0.85)
-    service.site = service._open_site(config, real)
+    service.site_link.replace(service.site_link.open(config, real))
     assert service.site.head is None
     with SiteStore(path) as other:  # `bin-daemon site add` in another process
         for image in glass(samples_dir)[:2]:
@@ -542,7 +543,7 @@ def test_the_daemon_refits_between_items_when_the_store_changes(
     decision = service._decide("bottle", 0.6)
     assert decision.bin == "glass" and not decision.unsure
     assert service._policy.unsure_threshold == 0.5
-    service._close_site()
+    service.site_link.close()
 
 
 def test_the_unsure_threshold_is_the_configs_else_the_heads_else_the_cards(real):

@@ -6,11 +6,9 @@ the run after the current item (a lid's hold is cut short, its close never is), 
 0. SIGHUP reloads the config and the model between items; if the new ones are bad the old
 ones stay.
 
-Site learning (``bin_daemon/site/``): the site store is opened at start and its head fitted;
-between items, at most every ``SITE_CHECK_EVERY_S``, the store's change counter is read
-(one tiny SQLite query) and the head refitted when ``bin-daemon site add|remove`` changed
-it, so no restart or SIGHUP is needed. A SIGHUP or a roll-out that changes the model
-re-embeds the stored examples from their JPEGs with the new model.
+Site learning: the classifier that sorts is the site link's (``site_link.py``): the model
+with the site store's head, refitted between items when the store changes, and taught the
+frames corrected on the web console.
 
 Health: WATCHDOG=1 is sent only from the loop's own thread, when it makes progress (a poll,
 a slice of a wait), so a hung camera or classifier silences it and systemd restarts the
@@ -41,6 +39,7 @@ from bin_daemon.hardware.ports import Clock, Frame
 from bin_daemon.loop.lidguard import LidGuard
 from bin_daemon.loop.overflow import route_around_full
 from bin_daemon.loop.policy import Policy
+from bin_daemon.loop.site_link import SiteLink
 from bin_daemon.loop.sorter import CameraRetry, Sorter, Timing
 from bin_daemon.model.classifier import Classifier
 from bin_daemon.model.store import ModelStore
@@ -56,8 +55,6 @@ WATCHDOG_EVERY_S = 1.0
 """At most this long between WATCHDOG=1 pings while the loop is healthy (or half WatchdogSec)."""
 LID_GUARD_EVERY_S = 0.5
 """The lid guard's timer: how often it checks, whatever the loop is doing."""
-SITE_CHECK_EVERY_S = 1.0
-"""How often, between items, the site store's change counter is read."""
 
 
 @dataclass(frozen=True)
@@ -208,18 +205,19 @@ class Service:
         self.last_reload_error: str | None = None
         self.fill: Any = None
         """bin_daemon.hardware.fill.FillMonitor when a bin has a fill sensor (issue 16)."""
-        self.site: Any = None
-        """bin_daemon.site.runtime.SiteClassifier: the model with the site head applied."""
+        self.site_link = SiteLink(monotonic=monotonic, on_progress=self._heartbeat)
         self._policy: Policy | None = None
-        self._site_checked = float("-inf")
         # the web console (bin_daemon/console/): hooks = console.state.Hooks (on_correction,
         # extra_labels, fill_levels); None = none of them
         self.console_hooks: Any = console_hooks
         self.console: Any = None
-        self._corrections: queue.SimpleQueue[tuple[str, str, Path]] = queue.SimpleQueue()
-        """Frames corrected on the console, to teach the site store between items."""
         self._started_wall = time.time()
         self._started_mono = time.monotonic()
+
+    @property
+    def site(self) -> Any:
+        """bin_daemon.site.runtime.SiteClassifier: the model with the site head applied."""
+        return self.site_link.site
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -253,8 +251,8 @@ class Service:
         self._journal = journal.use_journal(config.logging.journal)
         journal.setup_logging(config.logging.level, journal=self._journal)
         classifier = self._load_classifier(config)
-        self.site = self._open_site(config, classifier)
-        for warning in config.check_labels(classifier.labels, self._site_labels()):
+        self.site_link.replace(self.site_link.open(config, classifier))
+        for warning in config.check_labels(classifier.labels, self.site_link.labels()):
             log.warning("%s", warning)
         policy = make_policy(config, self.site)
         self._policy = policy
@@ -364,7 +362,7 @@ class Service:
                 self._stop_telemetry()
                 if self.event_log is not None:
                     self.event_log.close()
-                self._close_site()
+                self.site_link.close()
             log.info("stopped: all lids closed")
             if self.sorter is not None and not self._journal:
                 print(self._summary(), file=self.stdout, flush=True)
@@ -382,7 +380,7 @@ class Service:
                 self._apply_rollout(*self._swaps.get_nowait())
                 poll_interval_s = self._config.timing.poll_interval_s
             self._heartbeat()
-            self._teach_corrections()
+            self.site_link.teach_corrections()
             self._refresh_site()
             event = self.sorter.poll()
             if self.fill is not None:  # fill levels: between items only, never waiting
@@ -418,14 +416,13 @@ class Service:
         try:
             config = load_config(self.options.config_path)
             classifier = self._load_classifier(config)
-            site = self._open_site(config, classifier)
+            site = self.site_link.open(config, classifier)
             try:
-                for warning in config.check_labels(classifier.labels, self._site_labels(site)):
+                for warning in config.check_labels(classifier.labels, self.site_link.labels(site)):
                     log.warning("%s", warning)
                 policy = make_policy(config, site)
             except BinDaemonError:
-                if site.store is not None:
-                    site.store.close()
+                self.site_link.discard(site)
                 raise
         except BinDaemonError as error:
             log.error("reload failed, keeping the running config and model: %s", error)
@@ -441,8 +438,7 @@ class Service:
         if config.console != self._config.console:
             log.warning("console settings changed: restart the service to apply them")
         journal.setup_logging(config.logging.level, journal=self._journal)
-        self._close_site()
-        self.site = site
+        self.site_link.replace(site)
         self._policy = policy
         self.sorter.classifier = site
         self.sorter.decide = self._decide
@@ -471,43 +467,13 @@ class Service:
             on_change=lambda: self.notifier.status(self._status()),
         )
 
-    # -- site learning (bin_daemon/site/) --------------------------------------------------
-
-    def _open_site(self, config: Config, classifier: Classifier) -> Any:
-        """The classifier wrapped with the site store's head (fitted now). Without a store
-        (site.enabled false, or it cannot be opened: logged) it is the model alone."""
-        from bin_daemon.site.runtime import SiteClassifier
-        from bin_daemon.site.store import SiteStore
-
-        store = None
-        if config.site.enabled:
-            try:
-                store = SiteStore(config.site_store_path(), quota_mb=config.site.quota_mb)
-            except BinDaemonError as error:
-                log.error("%s; sorting goes on with the model alone", error)
-        site = SiteClassifier(classifier, store, on_progress=self._heartbeat)
-        site.refresh(force=True)
-        log.info("%s", site.describe())
-        self._site_checked = self._monotonic()
-        return site
-
-    def _site_labels(self, site: Any = None) -> list[str]:
-        from bin_daemon.site.runtime import site_labels
-
-        site = site or self.site
-        return site_labels(site) if site is not None else []
+    # -- the decision ---------------------------------------------------------------------
 
     def _refresh_site(self) -> None:
-        """Between items: refit the head if the store changed (at most every SITE_CHECK_EVERY_S)."""
-        now = self._monotonic()
-        if self.site is None or now - self._site_checked < SITE_CHECK_EVERY_S:
-            return
-        self._site_checked = now
-        if self.site.refresh():
-            self._policy = make_policy(self._config, self.site)  # the head's threshold, if any
-            log.info(
-                "site store changed: %s (refit %.0f ms)", self.site.describe(), self.site.fit_ms
-            )
+        """Between items: the site link refits its head when the store changed; the policy
+        then takes the head's threshold, if it has one (``unsure_threshold``)."""
+        if self.site_link.refresh():
+            self._policy = make_policy(self._config, self.site)
 
     def _decide(self, label: str | None, confidence: float) -> Any:
         """The policy (its threshold from ``unsure_threshold``), with full bins routed to
@@ -523,10 +489,6 @@ class Service:
             overflow=self.fill.overflow,
             fallback_bin=policy.fallback_bin,
         )
-
-    def _close_site(self) -> None:
-        if self.site is not None and self.site.store is not None:
-            self.site.store.close()
 
     # -- telemetry and roll-outs (bin_daemon/telemetry/) -----------------------------------
 
@@ -636,36 +598,10 @@ class Service:
         from bin_daemon.console.state import Hooks
 
         return Hooks(
-            on_correction=self._queue_correction,
-            extra_labels=self._site_labels,
+            on_correction=self.site_link.queue_correction,
+            extra_labels=self.site_link.labels,
             fill_levels=self.fill.levels if self.fill is not None else None,
         )
-
-    def _queue_correction(self, item_id: str, label: str, frame: Path | None) -> None:
-        """The console's correction hook, called from its thread: the frame is taught by the
-        loop between items (the model's interpreter is the loop's alone)."""
-        if frame is not None:
-            self._corrections.put((item_id, label, frame))
-
-    def _teach_corrections(self) -> None:
-        """Between items: add the frames corrected on the console to the site store (the
-        head is refitted by ``_refresh_site``)."""
-        while not self._corrections.empty():
-            from bin_daemon.site.teach import teach
-
-            item_id, label, frame = self._corrections.get_nowait()
-            if self.site is None or self.site.store is None:
-                log.warning(
-                    "console: item %s labelled %r, but no site store is open", item_id, label
-                )
-                continue
-            try:
-                teach(self.site.store, self.site, label=label, rgb_or_path=frame, item_id=item_id)
-            except BinDaemonError as error:
-                log.warning("console: item %s: the site store did not take it: %s", item_id, error)
-                continue
-            self._site_checked = float("-inf")  # refit now, not in a second
-            log.info("site store: item %s taught as %r (corrected on the console)", item_id, label)
 
     def _stop_console(self) -> None:
         if self.console is not None:
