@@ -240,6 +240,12 @@ def test_whole_pool_refuses_another_recipe_or_no_crossval(sweep, capsys):
     assert "input_size 80" in capsys.readouterr().err
     assert main([*args, *TINY]) != 0
     assert "--all-data needs --crossval" in capsys.readouterr().err
+    broken = pool.parent / "broken-cv"
+    broken.mkdir()
+    (broken / "crossval.json").write_text('{"folds": 5, "per_fo')  # cut short by a full disk
+    assert main([*args, "--crossval", str(broken), *TINY]) != 0
+    err = capsys.readouterr().err
+    assert "no readable crossval.json" in err and "Traceback" not in err
 
 
 def test_an_interrupted_crossval_leaves_its_finished_folds_marked_partial(

@@ -237,11 +237,11 @@ def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None
         if args.crossval is not None:
             raise BinDaemonError("--crossval is for --all-data")
         return None
-    if args.crossval is None or not (args.crossval / crossval.REPORT).is_file():
+    if args.crossval is None:
         raise BinDaemonError(
             f"--all-data needs --crossval DIR with {crossval.REPORT} (bin-daemon train --folds K)"
         )
-    report = json.loads((args.crossval / crossval.REPORT).read_text())
+    report = crossval.load_report(args.crossval)
     if reason := crossval.unfinished(report):
         raise BinDaemonError(f"--crossval {args.crossval}: {reason}")
     differences = crossval.recipe_differences(report, settings)
@@ -276,7 +276,7 @@ def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None
     results["training"]["peak_rss_mb"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
     )
-    written = pool_card.write_pool_card(results, args.out, args.crossval)
+    written = pool_card.write_pool_card(results, args.out, args.crossval, report)
     accuracy = report["metrics"]["accuracy"]
     print(
         f"wrote {args.out / 'waste_classifier.tflite'} ({written['size_bytes'] / 1e6:.2f} MB), "

@@ -73,9 +73,19 @@ TARGETS = {  # issue 15's targets, on the project's own cross-validation
 }
 
 
-def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict) -> dict:
+def load_report(folder: Path) -> dict:
+    """``folder/crossval.json``; one clear error if it is missing or unreadable."""
+    try:
+        return json.loads((folder / REPORT).read_text())
+    except (OSError, ValueError) as error:
+        raise BinDaemonError(
+            f"{folder}: no readable {REPORT} ({error}); make it with bin-daemon train --folds K"
+        ) from error
+
+
+def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict, threads: int) -> dict:
     """Score a fold's held-out images (its split's ``test``) through the daemon's path."""
-    classifier = Classifier.load(fold_dir, num_threads=2)
+    classifier = Classifier.load(fold_dir, num_threads=threads)
     policy = make_policy(load_config(None), classifier)  # default bins, the fold's threshold
     held_out = [
         (s.label, data / s.path) for s in read_split(fold_dir / "split.csv") if s.subset == "test"
@@ -134,9 +144,8 @@ def spread(values: list[float | None]) -> dict:
 def _teachers_for(teachers: tuple[Path, ...], fold: int, fold_hash: str) -> tuple[Path, ...]:
     chosen = []
     for teacher in teachers:
-        report = teacher / REPORT
-        if report.is_file():
-            theirs = json.loads(report.read_text())
+        if (teacher / REPORT).is_file():
+            theirs = load_report(teacher)
             if theirs["folds_hash"] != fold_hash:
                 raise BinDaemonError(
                     f"teacher {teacher}: cross-validated on other folds than this run "
@@ -194,7 +203,10 @@ def run(
             write_card(results, fold_dir, [])
         else:
             log(f"fold {fold + 1}/{k}: already trained in {fold_dir}, scored again")
-        figures = {"fold": fold + 1, **fold_figures(fold_dir, base.data, base.seed, results)}
+        figures = {
+            "fold": fold + 1,
+            **fold_figures(fold_dir, base.data, base.seed, results, base.threads),
+        }
         log(
             f"fold {fold + 1}/{k}: held-out accuracy {figures['accuracy']:.3f}, bin-camera "
             f"{figures['camera_accuracy']:.3f}, bin accuracy {figures['bin_accuracy']:.3f}; "

@@ -27,7 +27,10 @@ def load_for_training(root: Path, samples: list[Sample], short_side: int) -> lis
 
 
 def load_model_inputs(root: Path, samples: list[Sample], size: int) -> np.ndarray:
-    """Exactly what the daemon feeds the model for each image: (N, size, size, 3) uint8."""
+    """Exactly what the daemon feeds the model for each image: (N, size, size, 3) uint8
+    (N may be 0: a whole-pool run has no validation or test images)."""
+    if not samples:
+        return np.zeros((0, size, size, 3), np.uint8)
     return np.stack([to_model_input(load_image(root / s.path), size) for s in samples])
 
 
@@ -77,15 +80,18 @@ class AugmentedBatches(keras.utils.PyDataset):
         return math.ceil(len(self.images) / self.batch_size)
 
     def __getitem__(self, index: int):
+        x, y = self.draw(index, self.size)
+        return x.astype(np.float32), y
+
+    def draw(self, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index``'s uint8 views at ``size`` px (CutMix applied) and its targets."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        x = np.stack(
-            [augment(self.images[i], self.size, rng, self.hard_probability) for i in chosen]
-        )
+        x = np.stack([augment(self.images[i], size, rng, self.hard_probability) for i in chosen])
         y = self.targets[chosen].astype(np.float32)
         if len(chosen) > 1 and rng.random() < self.cutmix_probability:
             x, y = cutmix(x, y, rng)
-        return x.astype(np.float32), y
+        return x, y
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

@@ -37,8 +37,7 @@ from keras import ops
 
 from bin_daemon.errors import BinDaemonError
 from bin_daemon.model.preprocess import to_model_input
-from bin_daemon.training.camera_effects import augment
-from bin_daemon.training.data import AugmentedBatches, cutmix
+from bin_daemon.training.data import AugmentedBatches
 from bin_daemon.training.tflite_eval import TFLiteModel
 
 PROBABILITY_FLOOR = 0.5 / 256
@@ -162,14 +161,7 @@ class DistillBatches(AugmentedBatches):
         self.class_weight = class_weight
 
     def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        views = np.stack(
-            [augment(self.images[i], self.view_size, rng, self.hard_probability) for i in chosen]
-        )
-        hard = self.targets[chosen].astype(np.float32)
-        if len(chosen) > 1 and rng.random() < self.cutmix_probability:
-            views, hard = cutmix(views, hard, rng)
+        views, hard = self.draw(index, self.view_size)
         soft = self.teachers.soft_labels(views)
         x = (
             views

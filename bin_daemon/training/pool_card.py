@@ -133,8 +133,8 @@ def render_pool_markdown(card: dict, crossval: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_pool_card(results: dict, out: Path, crossval_dir: Path) -> dict:
-    crossval = json.loads((crossval_dir / "crossval.json").read_text())
+def write_pool_card(results: dict, out: Path, crossval_dir: Path, crossval: dict) -> dict:
+    """Write the card of ``out``'s model; ``crossval`` is ``crossval_dir``'s report."""
     card = build_pool_card(results, out / "waste_classifier.tflite", crossval, crossval_dir)
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(render_pool_markdown(card, crossval))

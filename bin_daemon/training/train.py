@@ -181,10 +181,10 @@ def train(settings: TrainSettings) -> dict:
         short_side=max(round(view_size * 1.15), sizes[-1], _pool_size(settings)),
     )
     y_train = np.array([index[s.label] for s in subsets["train"]])
-    x_val = _inputs(settings.data, subsets["val"], size)
+    x_val = load_model_inputs(settings.data, subsets["val"], size)
     y_val = np.array([index[s.label] for s in subsets["val"]], dtype=int)
     test_originals = subsets["test"]
-    x_test = _inputs(settings.data, test_originals, size)
+    x_test = load_model_inputs(settings.data, test_originals, size)
     y_test = np.array([index[s.label] for s in test_originals], dtype=int)
     _log(f"images decoded in {time.monotonic() - started:.0f} s")
 
@@ -216,7 +216,7 @@ def train(settings: TrainSettings) -> dict:
         )
         val_targets = (
             teacher_targets(
-                teachers, _inputs(settings.data, subsets["val"], view_size), onehot(y_val)
+                teachers, load_model_inputs(settings.data, subsets["val"], view_size), onehot(y_val)
             )
             if has_val
             else None
@@ -335,8 +335,8 @@ def train(settings: TrainSettings) -> dict:
     if export_size != size:
         model = _at_size(model, settings.backbone, export_size, len(labels))
         size = export_size
-        x_val = _inputs(settings.data, subsets["val"], size)
-        x_test = _inputs(settings.data, test_originals, size)
+        x_val = load_model_inputs(settings.data, subsets["val"], size)
+        x_test = load_model_inputs(settings.data, test_originals, size)
     features = keras.Model(model.input, model.get_layer("pool").output)
     head = model.get_layer("classes")
 
@@ -493,13 +493,6 @@ def _settings_record(settings: TrainSettings) -> dict:
 def _pool_size(settings: TrainSettings) -> int:
     """The inference size whole-pool training exports at (the folds' choice), else 0."""
     return int((settings.calibration or {}).get("input_size") or 0)
-
-
-def _inputs(root: Path, samples: list[Sample], size: int) -> np.ndarray:
-    """load_model_inputs, or an empty (0, size, size, 3) array for no samples."""
-    if not samples:
-        return np.zeros((0, size, size, 3), np.uint8)
-    return load_model_inputs(root, samples, size)
 
 
 def _teachers(settings: TrainSettings, labels: list[str]) -> Teachers | None:
