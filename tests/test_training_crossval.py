@@ -163,6 +163,7 @@ def test_crossval_holds_out_every_image_once_and_reports_mean_and_spread(sweep):
     markdown = (cv / "crossval.md").read_text()
     assert "| top-1 accuracy (int8) |" in markdown and " ± " in markdown
     assert "bin-camera: top-1 accuracy" in markdown and "--all-data" in markdown
+    assert "| flip TTA: top-1 gain (points) |" in markdown
 
 
 def test_crossval_scores_held_out_images_by_the_daemons_path(sweep):
@@ -183,6 +184,17 @@ def test_crossval_scores_held_out_images_by_the_daemons_path(sweep):
     assert report["per_fold"][1]["accuracy"] == pytest.approx(run.report.accuracy, abs=1e-4)
     assert run.bins is not None
     assert report["per_fold"][1]["bin_accuracy"] == pytest.approx(run.bins.top1.accuracy, abs=1e-4)
+    # and again with flip test-time augmentation (model.tta: flip), the same fold model
+    classifier.tta = "flip"
+    flipped = evaluate_items(
+        classifier, items, "x", policy=make_policy(load_config(None), classifier)
+    )
+    fold = report["per_fold"][1]
+    assert fold["flip_accuracy"] == pytest.approx(flipped.report.accuracy, abs=1e-4)
+    assert fold["flip_gain_points"] == pytest.approx(
+        100 * (flipped.report.accuracy - run.report.accuracy), abs=0.01
+    )
+    assert flipped.confidence != run.confidence  # two views averaged: not the plain scores
 
 
 def test_an_interrupted_crossval_continues_without_training_again(sweep, capsys):

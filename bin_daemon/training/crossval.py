@@ -64,7 +64,17 @@ METRICS = (
     ("camera_bin_accuracy", "bin-camera: bin accuracy"),
     ("camera_coverage", "bin-camera: sorted at the threshold"),
     ("int8_minus_float_points", "int8 minus float (points)"),
+    # the same fold models with flip test-time augmentation (model.tta: flip)
+    ("flip_accuracy", "flip TTA: top-1 accuracy"),
+    ("flip_gain_points", "flip TTA: top-1 gain (points)"),
+    ("flip_macro_f1", "flip TTA: macro-F1"),
+    ("flip_min_recall", "flip TTA: lowest class recall"),
+    ("flip_bin_accuracy", "flip TTA: bin accuracy"),
+    ("flip_coverage", "flip TTA: sorted at the threshold"),
+    ("flip_camera_accuracy", "flip TTA, bin-camera: top-1 accuracy"),
+    ("flip_camera_gain_points", "flip TTA, bin-camera: top-1 gain (points)"),
 )
+FLIP_KEYS = ("accuracy", "macro_f1", "min_recall", "bin_accuracy", "coverage")
 TARGETS = {  # issue 15's targets, on the project's own cross-validation
     "accuracy": 0.95,
     "camera_accuracy": 0.90,
@@ -84,30 +94,40 @@ def load_report(folder: Path) -> dict:
 
 
 def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict, threads: int) -> dict:
-    """Score a fold's held-out images (its split's ``test``) through the daemon's path."""
+    """Score a fold's held-out images (its split's ``test``) through the daemon's path,
+    without and with flip test-time augmentation (``model.tta: flip``)."""
     classifier = Classifier.load(fold_dir, num_threads=threads)
     policy = make_policy(load_config(None), classifier)  # default bins, the fold's threshold
     held_out = [
         (s.label, data / s.path) for s in read_split(fold_dir / "split.csv") if s.subset == "test"
     ]
-    clean_run = evaluate_items(classifier, held_out, f"{fold_dir} (held out)", policy=policy)
-    clean = summary(clean_run)
-    camera = summary(
-        evaluate_items(
+
+    def score(tta: str) -> tuple[dict, dict, float]:
+        classifier.tta = tta
+        where = f"{fold_dir} (held out{'' if tta == 'none' else ', tta ' + tta}"
+        clean_run = evaluate_items(classifier, held_out, where + ")", policy=policy)
+        camera_run = evaluate_items(
             classifier,
             held_out,
-            f"{fold_dir} (held out, bin-camera)",
+            where + ", bin-camera)",
             policy=policy,
             view=_camera_view(classifier.input_size, seed + TEST_VIEWS_SEED_OFFSET),
         )
-    )
-    assert clean_run.bins is not None
+        assert clean_run.bins is not None
+        return (
+            summary(clean_run),
+            summary(camera_run),
+            clean_run.bins.top1.recycling_contamination.share,
+        )
+
+    clean, camera, contamination = score("none")
+    flip, flip_camera, _ = score("flip")
     training = results["training"]
     float_accuracy = results["test_float"]["accuracy"]
     return {
         "n": clean["n"],
         **{k: clean[k] for k in ("accuracy", "macro_f1", "min_recall", "bin_accuracy")},
-        "recycling_contamination": clean_run.bins.top1.recycling_contamination.share,
+        "recycling_contamination": contamination,
         "coverage": clean["coverage"],
         "accuracy_covered": clean["accuracy_covered"],
         "bin_accuracy_at_threshold": clean["bin_accuracy_at_threshold"],
@@ -117,6 +137,10 @@ def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict, threads: 
         "camera_coverage": camera["coverage"],
         "float_accuracy": round(float_accuracy, 4),
         "int8_minus_float_points": round(100 * (clean["accuracy"] - float_accuracy), 2),
+        **{f"flip_{k}": flip[k] for k in FLIP_KEYS},
+        **{f"flip_camera_{k}": flip_camera[k] for k in FLIP_KEYS},
+        "flip_gain_points": round(100 * (flip["accuracy"] - clean["accuracy"]), 2),
+        "flip_camera_gain_points": round(100 * (flip_camera["accuracy"] - camera["accuracy"]), 2),
         "unsure_threshold": results["unsure_threshold"],
         "temperature": results["temperature"],
         "input_size": results["input_size"],
@@ -232,7 +256,7 @@ def run(
 
 def _report(base, k: int, fold_seed: int, fold_hash: str, images: int, rows: list, started):
     """The figures of the folds finished so far (``complete`` once all ``k`` are)."""
-    metrics = {key: spread([r[key] for r in rows]) for key, _ in METRICS}
+    metrics = {key: spread([r.get(key) for r in rows]) for key, _ in METRICS}
     return {
         "recipe": _recipe(base),
         "folds": k,
@@ -368,12 +392,16 @@ def whole_pool_command(settings, out: Path, report: dict) -> str:
     return " ".join([*parts, "--out models/"])
 
 
+SCORES = {"macro_f1", "min_recall", "camera_macro_f1", "flip_macro_f1", "flip_min_recall"}
+POINTS = {"int8_minus_float_points", "flip_gain_points", "flip_camera_gain_points"}
+
+
 def _fmt(key: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if key in {"macro_f1", "min_recall", "camera_macro_f1"}:
+    if key in SCORES:
         return f"{value:.3f}"
-    if key == "int8_minus_float_points":
+    if key in POINTS:
         return f"{value:+.2f}"
     return f"{100 * value:.1f}%"
 
@@ -383,12 +411,8 @@ def _spread_cell(key: str, s: dict) -> str:
         return "-"
     std = (
         f"{s['std']:.2f}"
-        if key == "int8_minus_float_points"
-        else (
-            f"{s['std']:.3f}"
-            if key in {"macro_f1", "min_recall", "camera_macro_f1"}
-            else f"{100 * s['std']:.1f} pt"
-        )
+        if key in POINTS
+        else (f"{s['std']:.3f}" if key in SCORES else f"{100 * s['std']:.1f} pt")
     )
     return f"{_fmt(key, s['mean'])} ± {std} ({_fmt(key, s['min'])} to {_fmt(key, s['max'])})"
 
