@@ -26,12 +26,30 @@ SAMPLES = ROOT / "tests" / "data" / "samples"
 MODEL = ROOT / "models"
 
 
+# A single-split run's card (the kind card_metrics completes): the one of the model shipped
+# before the whole-pool model, kept whole; make_model_dir gives it the shipped model's identity.
+SINGLE_SPLIT_CARD = ROOT / "tests" / "data" / "models" / "single_split_model_card.json"
+SHIPPED_IDENTITY = (
+    "version", "model_file", "sha256", "size_bytes", "labels", "backbone", "input",
+    "temperature", "unsure_threshold", "embedding", "embedding_reference",
+)  # fmt: skip
+
+
+def single_split_card() -> dict:
+    """The single-split card, describing the shipped model file (its sha256, input, labels)."""
+    card = json.loads(SINGLE_SPLIT_CARD.read_text())
+    shipped = json.loads((MODEL / "model_card.json").read_text())
+    return card | {k: shipped[k] for k in SHIPPED_IDENTITY if k in shipped}
+
+
 def make_model_dir(tmp_path: Path) -> Path:
-    """The shipped model folder with a split of the samples: per class 2 val, 2 test images."""
+    """The shipped model file with a single-split card and a split of the samples: per class
+    2 val, 2 test images."""
     folder = tmp_path / "model"
     folder.mkdir()
-    for name in ("waste_classifier.tflite", "labels.txt", "model_card.json"):
+    for name in ("waste_classifier.tflite", "labels.txt"):
         shutil.copy(MODEL / name, folder / name)
+    (folder / "model_card.json").write_text(json.dumps(single_split_card(), indent=2) + "\n")
     with (folder / "split.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "sha256", "subset"])
@@ -147,7 +165,7 @@ def test_an_image_that_is_not_the_splits_is_one_clear_error(model_dir, tmp_path,
 
 
 def test_a_card_without_the_figures_renders_as_before():
-    card = json.loads((MODEL / "model_card.json").read_text())
+    card = single_split_card()
     plain = {
         **card,
         "metrics": {k: v for k, v in card["metrics"].items() if k not in {"bin_level", "tta"}},

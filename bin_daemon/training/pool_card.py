@@ -87,7 +87,8 @@ def render_pool_markdown(card: dict, crossval: dict) -> str:
         "|---|---|",
     ]
     for key, label in METRICS:
-        lines.append(f"| {label} | {_spread_cell(key, m['expected'][key])} |")
+        if key in m["expected"]:  # a report written before a metric existed lacks it
+            lines.append(f"| {label} | {_spread_cell(key, m['expected'][key])} |")
     lines += ["", "| target | goal | cross-validated mean | met |", "|---|---|---|---|"]
     for name, t in card["targets"].items():
         lines.append(

@@ -578,11 +578,14 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, args.out.with_name("site_curves.png"))
         print(tables(results))
         return 0
-    copies = collect()
     labels = Path("models/labels.txt").read_text().split()
-    if args.write_reference:
-        _log(f"reference: {write_reference(MODEL.parent, copies['train'], labels)}")
+    if args.write_reference:  # the training split only (a whole-pool model has no test split)
+        train = [s for s in read_split(SPLIT) if s.subset == "train"]
+        cache = CACHE / sha256_file(MODEL)[:12] / "train_clean.npz"
+        copy = embed_copy(Embedder(MODEL), DATA, train, "clean", cache)
+        _log(f"reference: {write_reference(MODEL.parent, copy, labels)}")
         return 0
+    copies = collect()
     if args.collect_only:
         if (args.new_class_model / "waste_classifier.tflite").exists():
             collect_new_class(args.new_class_model, args.left_out)
