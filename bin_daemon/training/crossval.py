@@ -285,7 +285,9 @@ def _report(base, k: int, fold_seed: int, fold_hash: str, images: int, rows: lis
             "finetune_best": [r["finetune_best_epoch"] for r in rows],
             "head_best": [r["head_best_epoch"] for r in rows],
         },
-        "minutes": round((time.monotonic() - started) / 60, 1),
+        # the folds' own training and scoring, however many invocations the sweep took
+        "minutes": round(sum(r["minutes"] for r in rows), 1),
+        "minutes_this_run": round((time.monotonic() - started) / 60, 1),
     }
 
 
@@ -430,7 +432,8 @@ def render(report: dict) -> str:
     lines += [
         f"{report['images']} images of `{report['data']}`, stratified folds (seed "
         f"{report['fold_seed']}, folds hash `{report['folds_hash'][:16]}...`, `folds.csv`). "
-        f"Command: `{report['command']}`; {report['minutes']} min.",
+        f"Command: `{report['command']}`; {report['minutes']} min of fold training "
+        f"({report.get('minutes_this_run', report['minutes'])} min in the last invocation).",
         "",
         "Each fold's model trained on the other folds (their `val` part for early stopping, "
         "inference size, temperature and threshold) and was scored on its held-out fold by the "
