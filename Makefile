@@ -69,11 +69,12 @@ test-arm64: $(VENV)/.runtime
 # --- issue 15: cross-validation and whole-pool training (docs/TRAINING.md) -----------------
 # `make crossval`: 5-fold stratified cross-validation of the recipe (CV_ARGS: recipe flags,
 # e.g. CV_ARGS='--backbone efficientnet-lite2 --input-size 416 --export-sizes' or
-# '--teacher runs/cv/lite2-416-s1'); about 2 hours for the default Lite0 recipe on 2 cores
-# (estimate); resumes finished folds. `make train-all`: the recipe on the whole pool, epochs,
-# inference size, temperature and threshold from CV_OUT; the card reports the cross-validated
-# figure. POOL_ARGS must repeat CV_ARGS's recipe flags (a differing recipe is refused), with
-# whole-pool teachers (DIR-pool) in place of cross-validated ones.
+# '--teacher runs/cv/lite2-416-s1'); 2 h 57 min for the default Lite0 recipe on 2 cores
+# (measured, 5 folds of 34-37 min); resumes finished folds. `make train-all`: the recipe on
+# the whole pool (43 min for the Lite0 recipe), epochs, inference size, temperature and
+# threshold from CV_OUT; the card reports the cross-validated figure. POOL_ARGS must repeat
+# CV_ARGS's recipe flags (a differing recipe is refused), with whole-pool teachers (DIR-pool)
+# in place of cross-validated ones.
 CV_OUT ?= runs/cv/lite0
 CV_ARGS ?=
 POOL_ARGS ?= $(CV_ARGS)

@@ -520,6 +520,7 @@ def test_real_sighup_mid_item_reloads_without_dropping_an_item(tmp_path, samples
     config = tiny_config(tmp_path, threshold=0.0)
     events = tmp_path / "events.jsonl"
     sent = []
+    before = signal.getsignal(signal.SIGHUP)  # SIG_DFL, or SIG_IGN under nohup
 
     class Notifier(RecordingNotifier):
         def status(self, text):
@@ -537,4 +538,4 @@ def test_real_sighup_mid_item_reloads_without_dropping_an_item(tmp_path, samples
     assert [r["unsure"] for r in records] == [False, True, True, True]
     assert all(r["lid"] == "completed" for r in records)
     assert "reloaded: model" in caplog.text
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGHUP) is before  # handlers restored

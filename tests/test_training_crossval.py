@@ -213,8 +213,10 @@ def test_distillation_ran_and_logged_its_cost(sweep):
     assert results["training"]["teachers"] == [str(SHIPPED)]
     assert results["training"]["distill_alpha"] == 0.7
     distillation = results["distillation"]
-    assert distillation["teacher_ms_per_batch"] > 0 and distillation["view_size"] == 352
-    assert distillation["teachers"][0]["input_size"] == 352
+    # views are drawn at the largest size involved: the teacher's (above the student's 96 px)
+    teacher_size = json.loads((SHIPPED / "model_card.json").read_text())["input"]["size"]
+    assert distillation["teacher_ms_per_batch"] > 0 and distillation["view_size"] == teacher_size
+    assert distillation["teachers"][0]["input_size"] == teacher_size
 
 
 def test_teachers_of_a_crossval_folder_teach_their_own_fold(sweep, tmp_path):
