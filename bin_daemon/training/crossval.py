@@ -7,7 +7,8 @@ ordinary model folder ``OUT/fold-i/`` with its card. Its held-out fold is then s
 daemon's own path (decode, preprocessing, the int8 classifier, the default config's policy),
 clean and under bin-camera conditions (the views ``compare`` and ``card_metrics`` draw):
 top-1 accuracy, macro-F1, lowest class recall, bin accuracy, recycling contamination, and
-coverage and accuracy at the fold's unsure threshold. ``OUT/crossval.json`` and
+coverage and accuracy at the fold's unsure threshold; then again with flip test-time
+augmentation (``model.tta: flip``), paired. ``OUT/crossval.json`` and
 ``OUT/crossval.md`` get the figures per fold, their mean and spread (sample standard
 deviation, min, max), the epochs early stopping kept in each fold, and what whole-pool
 training needs: the epoch counts (median over folds), the inference size (the folds' most
