@@ -257,7 +257,7 @@ def run(
 
 def _report(base, k: int, fold_seed: int, fold_hash: str, images: int, rows: list, started):
     """The figures of the folds finished so far (``complete`` once all ``k`` are)."""
-    metrics = {key: spread([r.get(key) for r in rows]) for key, _ in METRICS}
+    metrics = {key: spread([r[key] for r in rows]) for key, _ in METRICS}
     return {
         "recipe": _recipe(base),
         "folds": k,
@@ -434,7 +434,7 @@ def render(report: dict) -> str:
         f"{report['images']} images of `{report['data']}`, stratified folds (seed "
         f"{report['fold_seed']}, folds hash `{report['folds_hash'][:16]}...`, `folds.csv`). "
         f"Command: `{report['command']}`; {report['minutes']} min of fold training "
-        f"({report.get('minutes_this_run', report['minutes'])} min in the last invocation).",
+        f"({report['minutes_this_run']} min in the last invocation).",
         "",
         "Each fold's model trained on the other folds (their `val` part for early stopping, "
         "inference size, temperature and threshold) and was scored on its held-out fold by the "

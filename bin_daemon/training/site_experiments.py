@@ -78,15 +78,26 @@ def embed_copy(
 def collect(data: Path = DATA, cache_dir: Path = CACHE) -> dict[str, dict[str, np.ndarray]]:
     """The shipped model's embeddings of the test split's three copies and the clean train split."""
     embedder = Embedder(MODEL)
-    cache_dir = cache_dir / sha256_file(MODEL)[:12]  # a re-exported model is embedded afresh
-    split = read_split(SPLIT)
-    test = [s for s in split if s.subset == "test"]
-    train = [s for s in split if s.subset == "train"]
+    test = [s for s in read_split(SPLIT) if s.subset == "test"]
     copies = {}
     for copy in ("clean", "site", "camera"):
-        copies[copy] = embed_copy(embedder, data, test, copy, cache_dir / f"test_{copy}.npz")
-    copies["train"] = embed_copy(embedder, data, train, "clean", cache_dir / "train_clean.npz")
+        cache = _model_cache(cache_dir) / f"test_{copy}.npz"
+        copies[copy] = embed_copy(embedder, data, test, copy, cache)
+    copies["train"] = collect_train(data, cache_dir, embedder)
     return copies
+
+
+def collect_train(
+    data: Path = DATA, cache_dir: Path = CACHE, embedder: Embedder | None = None
+) -> dict[str, np.ndarray]:
+    """The shipped model's embeddings of its clean training split (a whole-pool model's only one)."""
+    train = [s for s in read_split(SPLIT) if s.subset == "train"]
+    cache = _model_cache(cache_dir) / "train_clean.npz"
+    return embed_copy(embedder or Embedder(MODEL), data, train, "clean", cache)
+
+
+def _model_cache(cache_dir: Path) -> Path:
+    return cache_dir / sha256_file(MODEL)[:12]  # a re-exported model is embedded afresh
 
 
 def collect_new_class(
@@ -580,10 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     labels = Path("models/labels.txt").read_text().split()
     if args.write_reference:  # the training split only (a whole-pool model has no test split)
-        train = [s for s in read_split(SPLIT) if s.subset == "train"]
-        cache = CACHE / sha256_file(MODEL)[:12] / "train_clean.npz"
-        copy = embed_copy(Embedder(MODEL), DATA, train, "clean", cache)
-        _log(f"reference: {write_reference(MODEL.parent, copy, labels)}")
+        _log(f"reference: {write_reference(MODEL.parent, collect_train(), labels)}")
         return 0
     copies = collect()
     if args.collect_only:
