@@ -297,3 +297,26 @@ def test_an_interrupted_crossval_leaves_its_finished_folds_marked_partial(
     assert "unfinished (1 of 2 folds)" in capsys.readouterr().err
     with pytest.raises(BinDaemonError, match="unfinished"):
         crossval._teachers_for((partial,), 0, report["folds_hash"])
+
+
+def test_a_sweep_resumed_fold_by_fold_adds_quantisation_aware_fine_tuning(sweep, tmp_path):
+    data, cv, _ = sweep
+    out = tmp_path / "cv-qat"
+    args = ["train", "--data", str(data), "--out", str(out), "--folds", "2", *TINY]
+    args += ["--resume", str(cv), "--qat-epochs", "1", "--work-dir", str(tmp_path / "work")]
+    assert main(args) == 0
+    report = json.loads((out / "crossval.json").read_text())
+    assert report["resumed_from"] == str(cv) and report["recipe"]["qat_epochs"] == 1
+    assert "bias_correction" not in report["recipe"]  # QAT exports without it
+    assert "--qat-epochs 1" in report["whole_pool"]["command"]
+    assert "resumed from the Keras weights" in (out / "crossval.md").read_text()
+    for fold in (1, 2):
+        source = json.loads((cv / f"fold-{fold}" / "training_results.json").read_text())
+        resumed = json.loads((out / f"fold-{fold}" / "training_results.json").read_text())
+        assert resumed["qat"]["epochs"] == 1 and resumed["distillation"]  # still taught
+        assert (
+            resumed["training"]["finetune_epochs_run"] == source["training"]["finetune_epochs_run"]
+        )
+        assert (out / f"fold-{fold}" / "split.csv").read_text() == (
+            cv / f"fold-{fold}" / "split.csv"
+        ).read_text()

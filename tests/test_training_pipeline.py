@@ -150,3 +150,24 @@ def test_compare_rescores_runs_of_the_same_split_and_refuses_another(trained, tm
     (other / "split.csv").write_text("\n".join(lines) + "\n")
     assert compare.main(["--data", str(SAMPLES), "--into", str(into), str(other)]) == 1
     assert "another split" in capsys.readouterr().err
+
+
+def test_resume_adds_quantisation_aware_fine_tuning_to_a_trained_run(trained, tmp_path, capsys):
+    before = json.loads((trained / "training_results.json").read_text())
+    args = ["train", "--data", before["dataset"]["root"], "--input-size", "96"]
+    args += ["--batch-size", "8", "--export-sizes", "112", "--compare", "none"]
+    args += ["--work-dir", str(tmp_path / "work"), "--resume", str(trained), "--qat-epochs", "1"]
+    assert main([*args, "--out", str(tmp_path / "qat")]) == 0
+    after = json.loads((tmp_path / "qat" / "training_results.json").read_text())
+    assert after["qat"]["activations"] == 59 and after["qat"]["epochs"] == 1
+    # bias correction is the default export, and QAT's exports go without it
+    assert before["bias_correction"]["layers"] == 49 and after["bias_correction"] is None
+    assert 0 <= after["qat"]["val_fake_quant_after"] <= 1
+    # the head and fine-tuning phases were not run again: their record is the resumed run's
+    for key in ("finetune_epochs_run", "finetune_best_epoch", "head_epochs_run"):
+        assert after["training"][key] == before["training"][key]
+    assert (tmp_path / "qat" / "waste_classifier.tflite").read_bytes() != (
+        trained / "waste_classifier.tflite"
+    ).read_bytes()
+    assert main([*args, "--seed", "7", "--out", str(tmp_path / "other")]) != 0
+    assert "trained on another split" in capsys.readouterr().err

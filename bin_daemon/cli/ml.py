@@ -203,6 +203,32 @@ def _add_issue15_options(train: argparse.ArgumentParser) -> None:
         help="TFLite threads of the teachers and the exported models' scoring (default 2)",
     )
     group.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="quantisation-aware fine-tuning epochs after fine-tuning: fake int8 rounding at "
+        "every kept activation, the weights settle on it (default 0: none)",
+    )
+    group.add_argument(
+        "--qat-lr", type=float, default=1e-5, metavar="LR", help="its peak rate (default 1e-5)"
+    )
+    group.add_argument(
+        "--no-bias-correction",
+        dest="bias_correction",
+        action="store_false",
+        help="export without moving each convolution's bias by minus the mean error of its "
+        "int8-rounded kernel (default: corrected; never with --qat-epochs)",
+    )
+    group.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="start from the Keras weights of the finished run in DIR (same split; with --folds "
+        "a cross-validation folder, fold by fold) and skip its head and fine-tuning phases: "
+        "adds --qat-epochs to a trained recipe",
+    )
+    group.add_argument(
         "--distill-temperature",
         type=float,
         default=4.0,
@@ -360,6 +386,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         teachers=tuple(args.teacher),  # issue 15: distillation
         distill_alpha=args.distill_alpha,
         distill_temperature=args.distill_temperature,
+        bias_correction=args.bias_correction,
+        qat_epochs=args.qat_epochs,
+        qat_lr=args.qat_lr,
+        resume=args.resume,
     )
     issue15 = _issue15_mode(args, settings, card)  # --folds / --all-data
     if issue15 is not None:

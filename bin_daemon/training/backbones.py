@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -33,6 +34,9 @@ LITE0_STAGES = [
     (1, 3, 1, 6, 192, 320),
 ]
 STEM_FILTERS, HEAD_FILTERS = 32, 1280  # fixed in every Lite variant
+
+# (layer name, its output) -> the tensor the network continues with
+Tap = Callable[[str, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -123,14 +127,25 @@ def efficientnet_lite(
     variant: str = "efficientnet-lite0",
     input_size: int = 224,
     weights: dict[str, np.ndarray] | None = None,
+    tap: Tap | None = None,
+    conv: type[layers.Conv2D] = layers.Conv2D,
+    depthwise: type[layers.DepthwiseConv2D] = layers.DepthwiseConv2D,
 ) -> Backbone:
-    """An EfficientNet-Lite with TF "SAME" padding, input normalised as (x - 127) / 128."""
+    """An EfficientNet-Lite with TF "SAME" padding, input normalised as (x - 127) / 128.
+
+    ``tap(name, tensor)``, if given, sees every activation that the int8 graph keeps as a
+    tensor of its own (each ReLU6 output, each projection, each residual sum, the pooled
+    features; ``name`` is the layer that made it) and returns the tensor the network goes
+    on with: quantisation-aware training puts its fake quantisation there, and its own
+    ``conv`` and ``depthwise`` layer classes (:mod:`bin_daemon.training.qat`).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown backbone {variant!r} (known: {', '.join(VARIANTS)})")
+    keep = tap or (lambda name, tensor: tensor)
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
     x = layers.Rescaling(1 / 128.0, offset=-127 / 128.0, name="normalise")(inputs)
-    stem = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", name="stem_conv")
-    x = layers.ReLU(6.0, name="stem_relu")(stem(x))
+    stem = conv(STEM_FILTERS, 3, strides=2, padding="same", name="stem_conv")
+    x = keep("stem_relu", layers.ReLU(6.0, name="stem_relu")(stem(x)))
     loads: list[tuple[layers.Layer, Callable[[], list[np.ndarray]]]] = []
     if weights is not None:
         sd = weights
@@ -146,16 +161,17 @@ def efficientnet_lite(
             block_layers: list[layers.Layer] = []
             shortcut = x
             if expand != 1:
-                expand_conv = layers.Conv2D(b_in * expand, 1, padding="same", name=f"{name}_expand")
+                expand_conv = conv(b_in * expand, 1, padding="same", name=f"{name}_expand")
                 x = layers.ReLU(6.0, name=f"{name}_expand_relu")(expand_conv(x))
+                x = keep(f"{name}_expand_relu", x)
                 block_layers.append(expand_conv)
-            dw = layers.DepthwiseConv2D(kernel, strides=b_stride, padding="same", name=f"{name}_dw")
-            x = layers.ReLU(6.0, name=f"{name}_dw_relu")(dw(x))
-            project = layers.Conv2D(filters_out, 1, padding="same", name=f"{name}_project")
-            x = project(x)
+            dw = depthwise(kernel, strides=b_stride, padding="same", name=f"{name}_dw")
+            x = keep(f"{name}_dw_relu", layers.ReLU(6.0, name=f"{name}_dw_relu")(dw(x)))
+            project = conv(filters_out, 1, padding="same", name=f"{name}_project")
+            x = keep(f"{name}_project", project(x))
             block_layers += [dw, project]
             if b_stride == 1 and b_in == filters_out:
-                x = layers.Add(name=f"{name}_add")([x, shortcut])
+                x = keep(f"{name}_add", layers.Add(name=f"{name}_add")([x, shortcut]))
             if weights is not None:
                 p = f"_blocks.{block}"
                 if expand != 1:
@@ -167,9 +183,9 @@ def efficientnet_lite(
             groups.append(block_layers)
             block += 1
 
-    head = layers.Conv2D(HEAD_FILTERS, 1, padding="same", name="head_conv")
-    x = layers.ReLU(6.0, name="head_relu")(head(x))
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    head = conv(HEAD_FILTERS, 1, padding="same", name="head_conv")
+    x = keep("head_relu", layers.ReLU(6.0, name="head_relu")(head(x)))
+    x = keep("pool", layers.GlobalAveragePooling2D(name="pool")(x))
     if weights is not None:
         loads.append((head, _loader(sd, "_conv_head.weight", "_bn1")))
     groups.append([head])

@@ -40,13 +40,36 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
+def quantisation(results: dict) -> str:
+    """How the int8 model was made: the card's ``quantisation`` line."""
+    text = (
+        "full-integer quantisation: int8 weights (per channel) and activations, uint8 input "
+        f"and output; representative set of {results['training']['representative_count']} "
+        "training views (half clean, half augmented)"
+    )
+    if qat := results.get("qat"):
+        text += (
+            f"; quantisation-aware fine-tuning, {qat['epochs']} epochs at {qat['lr']:g} with "
+            f"int8-rounded kernels and {qat['activations']} fake-quantised activations"
+        )
+    elif corrected := results.get("bias_correction"):
+        text += (
+            f"; the biases of {corrected['layers']} convolutions corrected for the mean error of "
+            "their int8-rounded kernels (Nagel et al. 2019)"
+        )
+    return text
+
+
 def identity(results: dict, model_path: Path, *, version_suffix: str = "") -> dict:
     """The card's first keys, which every card shares: what the model is and takes."""
     data = model_path.read_bytes()
     size = results["input_size"]
+    # how the int8 model was made from the float one, when not plainly converted
+    export = "-qat" if results.get("qat") else "-bc" if results.get("bias_correction") else ""
     return {
         "name": "smart-bin waste classifier",
-        "version": f"{time.strftime('%Y.%m.%d')}-{results['backbone']}-{size}{version_suffix}",
+        "version": f"{time.strftime('%Y.%m.%d')}-{results['backbone']}-{size}{version_suffix}"
+        f"{export}",
         "model_file": model_path.name,
         "sha256": hashlib.sha256(data).hexdigest(),
         "size_bytes": len(data),
@@ -99,9 +122,7 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
         **identity(results, model_path),
         "output": {"dtype": "uint8", "kind": "probabilities", "calibration": "temperature scaling"},
         **({"embedding": results["embedding"]} if results.get("embedding") else {}),
-        "quantisation": "full-integer post-training quantisation: int8 weights and activations, "
-        "uint8 input and output; representative set of "
-        f"{results['training']['representative_count']} training views (half clean, half augmented)",
+        "quantisation": quantisation(results),
         "temperature": round(results["temperature"], 4),
         "unsure_threshold": results["unsure_threshold"],
         "metrics": {

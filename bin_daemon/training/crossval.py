@@ -222,6 +222,7 @@ def run(
                 split=split,
                 work_dir=base.work_dir / f"fold-{fold + 1}",
                 teachers=_teachers_for(base.teachers, fold, fold_hash),
+                resume=None if base.resume is None else base.resume / f"fold-{fold + 1}",
                 per_class_limit=None,
             )
             results = train(settings)
@@ -269,6 +270,7 @@ def _report(base, k: int, fold_seed: int, fold_hash: str, images: int, rows: lis
         "data": str(base.data),
         "command": base.command,
         "teachers": [str(t) for t in base.teachers],
+        "resumed_from": None if base.resume is None else str(base.resume),
         "teachers_saw_held_out": [
             str(t) for t in base.teachers if not (Path(t) / REPORT).is_file()
         ],
@@ -341,6 +343,9 @@ RECIPE_KEYS = (
     "label_smoothing",
     "distill_alpha",
     "distill_temperature",
+    "qat_epochs",
+    "qat_lr",
+    "bias_correction",
 )
 
 
@@ -351,6 +356,11 @@ def _recipe(settings) -> dict:
     if not settings.teachers:
         recipe.pop("distill_alpha")
         recipe.pop("distill_temperature")
+    if not settings.qat_epochs:
+        recipe.pop("qat_epochs")
+        recipe.pop("qat_lr")
+    else:
+        recipe.pop("bias_correction")  # QAT exports without it
     return recipe
 
 
@@ -383,6 +393,10 @@ def whole_pool_command(settings, out: Path, report: dict) -> str:
         f"--head-epochs {pool['head_epochs']}",
         f"--export-sizes {' '.join(str(x) for x in settings.export_sizes)}".rstrip(),
     ]
+    if settings.qat_epochs:
+        parts += [f"--qat-epochs {settings.qat_epochs}", f"--qat-lr {settings.qat_lr}"]
+    elif not settings.bias_correction:
+        parts += ["--no-bias-correction"]
     if settings.teachers:
         parts += [f"--distill-alpha {settings.distill_alpha}"]
         parts += [f"--distill-temperature {settings.distill_temperature}"]
@@ -436,6 +450,15 @@ def render(report: dict) -> str:
         f"Command: `{report['command']}`; {report['minutes']} min of fold training "
         f"({report['minutes_this_run']} min in the last invocation).",
         "",
+    ]
+    if report.get("resumed_from"):
+        lines += [
+            f"Each fold resumed from the Keras weights of `{report['resumed_from']}`'s fold (its "
+            "head and fine-tuning phases, its epochs); the minutes are this sweep's own steps "
+            "(quantisation-aware fine-tuning, export, scoring), on top of that sweep's.",
+            "",
+        ]
+    lines += [
         "Each fold's model trained on the other folds (their `val` part for early stopping, "
         "inference size, temperature and threshold) and was scored on its held-out fold by the "
         "daemon's own path, clean and under bin-camera conditions; bin figures under the "

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from bin_daemon.training.card import _machine, identity
+from bin_daemon.training.card import _machine, identity, quantisation
 from bin_daemon.training.crossval import METRICS, _fmt, _spread_cell
 
 EXPECTED = "cross-validated"
@@ -30,9 +30,7 @@ def build_pool_card(results: dict, model_path: Path, crossval: dict, crossval_di
             "calibration": "temperature scaling, fitted on the cross-validation's out-of-fold logits",
         },
         **({"embedding": results["embedding"]} if results.get("embedding") else {}),
-        "quantisation": "full-integer post-training quantisation: int8 weights and activations, "
-        "uint8 input and output; representative set of "
-        f"{training['representative_count']} training views (half clean, half augmented)",
+        "quantisation": quantisation(results),
         "temperature": round(results["temperature"], 4),
         "unsure_threshold": results["unsure_threshold"],
         "metrics": {
@@ -116,6 +114,12 @@ def render_pool_markdown(card: dict, crossval: dict) -> str:
         f"- Latency p50 {lat['int8_p50']:.1f} ms ({lat['threads']} threads, on the training "
         "machine).",
     ]
+    if resumed := tr["settings"].get("resume"):
+        lines.append(
+            f"- Resumed from `{resumed}`: the head and fine-tuning phases are that run's; this "
+            "command made the int8 export (and any quantisation-aware fine-tuning), and the "
+            "duration above is its own."
+        )
     teachers = tr["settings"].get("teachers") or []
     if teachers:
         lines.append(

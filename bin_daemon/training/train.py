@@ -13,10 +13,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from bin_daemon.errors import BinDaemonError
 from bin_daemon.model.metrics import report
 from bin_daemon.model.preprocess import load_image, to_model_input
 from bin_daemon.training import calibration
-from bin_daemon.training.backbones import efficientnet_lite, imagenet_weights
+from bin_daemon.training.backbones import Backbone, efficientnet_lite, imagenet_weights
+from bin_daemon.training.bias_correction import correct_biases
 from bin_daemon.training.camera_effects import (
     CORRUPTIONS,
     TEST_VIEWS_SEED_OFFSET,
@@ -42,10 +44,18 @@ from bin_daemon.training.distill import (
 )
 from bin_daemon.training.embedding_output import embedding_entry
 from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
+from bin_daemon.training.qat import (
+    Int8Conv2D,
+    Int8DepthwiseConv2D,
+    activation_ranges,
+    copy_weights,
+    fake_quant_tap,
+)
 from bin_daemon.training.split import (
     Sample,
     dataset_hash,
     limit_per_class,
+    read_split,
     scan_dataset,
     stratified_split,
     write_split,
@@ -98,6 +108,16 @@ class TrainSettings:
     teachers: tuple[Path, ...] = ()  # model folders; their soft labels are averaged
     distill_alpha: float = 0.7  # weight of the soft (teacher) term
     distill_temperature: float = 4.0
+    # Quantisation-aware fine-tuning (training.qat) after the fine-tuning, at the export size's
+    # activation ranges; 0 = none.
+    qat_epochs: int = 0
+    qat_lr: float = 1e-5
+    # Move each convolution's bias by minus the mean error of its int8-rounded kernel before
+    # the int8 export (training.bias_correction); not with QAT, which trained with the rounding.
+    bias_correction: bool = True
+    # A finished model folder of the same split: start from its Keras weights (its record's
+    # work_dir) and skip the head and fine-tuning phases (to add QAT to a trained sweep).
+    resume: Path | None = None
     # ----------------------------------------------------------------------------------------
 
 
@@ -226,82 +246,30 @@ def train(settings: TrainSettings) -> dict:
         val_targets = onehot(y_val)
     val = (x_val.astype(np.float32), val_targets) if has_val else None
 
-    _log(f"phase 1: head on frozen features of {settings.head_views} views per image")
-    features_in = load_features(
-        backbone.model, train_images, size, settings.head_views, settings.seed
-    )
-    head_model = keras.Sequential([keras.Input(features_in.shape[1:]), dropout, head])
-    head_model.compile(keras.optimizers.Adam(settings.head_lr), loss, metrics=["accuracy"])
-    head_stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=8, restore_best_weights=True
-    )
-    head_history = head_model.fit(
-        features_in,
-        onehot(np.tile(y_train, settings.head_views)),
-        epochs=settings.head_epochs,
-        batch_size=64,
-        validation_data=(
-            (backbone.model.predict(x_val.astype(np.float32), verbose=0), onehot(y_val))
-            if has_val
-            else None
-        ),
-        class_weight=class_weight,
-        verbose=0,
-        callbacks=[
-            *([head_stop] if has_val else []),
-            Progress("head", settings.head_epochs, _log, every=10),
-        ],
-    )
-    head_epochs_run = len(head_history.history["loss"])
-    head_best = head_stop.best_epoch + 1 if has_val else head_epochs_run
-
-    backbone.model.trainable = True
-    frozen = backbone.frozen_below(settings.finetune_blocks)
-    _log(f"fine-tuning the top {settings.finetune_blocks} blocks; {frozen} layers stay frozen")
-    steps = len(batches) * settings.finetune_epochs
-    schedule = keras.optimizers.schedules.CosineDecay(
-        settings.finetune_lr, decay_steps=steps, alpha=0.02
-    )
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay)
-    callbacks: list[keras.callbacks.Callback] = []
+    stop = finetune_early_stopping(settings)
+    compile_args: dict = {"loss": loss, "metrics": ["accuracy"]}
     if teachers:
-        model.compile(
-            optimizer,
-            distillation_loss(
+        compile_args = {
+            "loss": distillation_loss(
                 len(labels),
                 settings.distill_alpha,
                 settings.distill_temperature,
                 settings.label_smoothing,
             ),
-            metrics=[hard_accuracy(len(labels))],
-        )
-        callbacks.append(DistillCost(teachers, len(batches), _log))
-        _log(
-            f"distilling from {len(teachers.teachers)} teacher(s) at "
-            + ", ".join(f"{t.size} px" for t in teachers.teachers)
-            + f" (alpha {settings.distill_alpha}, T {settings.distill_temperature}); views "
-            f"drawn at {view_size} px"
-        )
+            "metrics": [hard_accuracy(len(labels))],
+        }
+    if settings.resume is not None:
+        resumed = _resume(settings.resume, split, model)
+        head_epochs_run, head_best = resumed["head_epochs_run"], resumed["head_best_epoch"]
+        epochs_run, best_epoch = resumed["finetune_epochs_run"], resumed["finetune_best_epoch"]
     else:
-        model.compile(optimizer, loss, metrics=["accuracy"])
-    stop = finetune_early_stopping(settings)
-    if has_val:
-        callbacks.append(stop)
-    _log(
-        f"phase 2: fine-tuning, {settings.finetune_epochs} epochs"
-        + (" at most" if has_val else " (whole pool: no validation, no early stopping)")
-    )
-    history = model.fit(
-        batches,
-        epochs=settings.finetune_epochs,
-        validation_data=val,
-        class_weight=None if teachers else class_weight,
-        verbose=0,
-        callbacks=[*callbacks, Progress("fine-tune", settings.finetune_epochs, _log)],
-    )
-    epochs_run = len(history.history["loss"])
-    # the epoch whose weights were kept (EarlyStopping restores the best one)
-    best_epoch = stop.best_epoch + 1 if has_val and stop.best_weights is not None else epochs_run
+        head_epochs_run, head_best = _train_head(
+            settings, backbone, (dropout, head), loss, train_images, y_train,
+            (x_val, y_val), class_weight,
+        )  # fmt: skip
+        epochs_run, best_epoch = _fine_tune(
+            settings, backbone, model, batches, val, class_weight, compile_args, teachers, stop
+        )
     train_seconds = time.monotonic() - started
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     model.save_weights(settings.work_dir / "classifier.weights.h5")
@@ -337,8 +305,27 @@ def train(settings: TrainSettings) -> dict:
         size = export_size
         x_val = load_model_inputs(settings.data, subsets["val"], size)
         x_test = load_model_inputs(settings.data, test_originals, size)
-    features = keras.Model(model.input, model.get_layer("pool").output)
-    head = model.get_layer("classes")
+
+    rng = np.random.default_rng(settings.seed + 1)
+    picks = rng.choice(
+        len(train_images), size=min(settings.representative_count, len(train_images)), replace=False
+    )
+    representative = np.stack(
+        [
+            augment(train_images[i], size, rng) if j % 2 else load_clean(train_images[i], size)
+            for j, i in enumerate(picks)
+        ]
+    )
+    exported = float_model = model  # the converter's input; the float twin of the int8 model
+    qat_record = None
+    if settings.qat_epochs:  # then ``model`` computes as the int8 model will
+        model, ranges, qat_record = _quantisation_aware(
+            settings, model, size, len(labels), representative, batches, class_weight,
+            compile_args, (x_val, y_val),
+        )  # fmt: skip
+        # plain kernels: the converter rounds them as the training did; the ranges it keeps
+        exported = _at_size(model, settings.backbone, size, len(labels), ranges)
+        float_model = _at_size(model, settings.backbone, size, len(labels))
 
     if has_val:
         val_logits = model.predict(x_val.astype(np.float32), verbose=0)
@@ -360,19 +347,16 @@ def train(settings: TrainSettings) -> dict:
             logits=model.predict(x_test.astype(np.float32), verbose=0),
         )
 
-    final = inference_model(features, head, temperature)
-    rng = np.random.default_rng(settings.seed + 1)
-    picks = rng.choice(
-        len(train_images), size=min(settings.representative_count, len(train_images)), replace=False
-    )
-    representative = np.stack(
-        [
-            augment(train_images[i], size, rng) if j % 2 else load_clean(train_images[i], size)
-            for j, i in enumerate(picks)
-        ]
-    )
-    int8_bytes = to_int8_tflite(final, representative)
-    float_bytes = to_float_tflite(final)
+    bias_record = None
+    if settings.bias_correction and not settings.qat_epochs:  # QAT trained its biases rounded
+        exported = _at_size(exported, settings.backbone, size, len(labels))  # a copy
+        bias_record = correct_biases(exported, representative)
+        _log(
+            f"int8 bias correction: {bias_record['layers']} convolutions, largest shift "
+            f"{bias_record['largest_shift']:g}"
+        )
+    int8_bytes = to_int8_tflite(_inference(exported, temperature), representative)
+    float_bytes = to_float_tflite(_inference(float_model, temperature))
     int8 = TFLiteModel(int8_bytes, settings.threads)
     float_tfl = TFLiteModel(float_bytes, settings.threads)
 
@@ -448,6 +432,8 @@ def train(settings: TrainSettings) -> dict:
             "split_file": "split.csv",
             "counts": {k: len(v) for k, v in subsets.items()},
         },
+        "qat": qat_record,
+        "bias_correction": bias_record,
         "training": {
             **_settings_record(settings),
             "finetune_epochs_run": epochs_run,
@@ -474,6 +460,207 @@ def train(settings: TrainSettings) -> dict:
     (out / "training_results.json").write_text(json.dumps(results, indent=2) + "\n")
     _log(f"done in {time.monotonic() - started:.0f} s")
     return results
+
+
+def _train_head(
+    settings: TrainSettings,
+    backbone: Backbone,
+    head: tuple[keras.layers.Layer, ...],
+    loss: keras.losses.Loss,
+    train_images: list[np.ndarray],
+    y_train: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray],
+    class_weight: dict[int, float],
+) -> tuple[int, int]:
+    """Phase 1: the head (its layers: dropout, class layer) on cached features of the frozen backbone;
+    returns the epochs run and the epoch kept."""
+    size = backbone.input_size
+    x_val, y_val = validation
+    has_val = len(y_val) > 0
+    n_classes = head[-1].units
+
+    def onehot(y):
+        return keras.utils.to_categorical(y, n_classes)
+
+    _log(f"phase 1: head on frozen features of {settings.head_views} views per image")
+    features_in = load_features(
+        backbone.model, train_images, size, settings.head_views, settings.seed
+    )
+    head_model = keras.Sequential([keras.Input(features_in.shape[1:]), *head])
+    head_model.compile(keras.optimizers.Adam(settings.head_lr), loss, metrics=["accuracy"])
+    head_stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=8, restore_best_weights=True
+    )
+    head_history = head_model.fit(
+        features_in,
+        onehot(np.tile(y_train, settings.head_views)),
+        epochs=settings.head_epochs,
+        batch_size=64,
+        validation_data=(
+            (backbone.model.predict(x_val.astype(np.float32), verbose=0), onehot(y_val))
+            if has_val
+            else None
+        ),
+        class_weight=class_weight,
+        verbose=0,
+        callbacks=[
+            *([head_stop] if has_val else []),
+            Progress("head", settings.head_epochs, _log, every=10),
+        ],
+    )
+    head_epochs_run = len(head_history.history["loss"])
+    head_best = head_stop.best_epoch + 1 if has_val else head_epochs_run
+
+    return head_epochs_run, head_best
+
+
+def _fine_tune(
+    settings: TrainSettings,
+    backbone: Backbone,
+    model: keras.Model,
+    batches: keras.utils.PyDataset,
+    val: tuple[np.ndarray, np.ndarray] | None,
+    class_weight: dict[int, float],
+    compile_args: dict,
+    teachers: Teachers | None,
+    stop: keras.callbacks.EarlyStopping,
+) -> tuple[int, int]:
+    """Phase 2: fine-tune the top ``finetune_blocks`` groups (distilling if ``teachers``);
+    returns the epochs run and the epoch kept."""
+    has_val = val is not None
+    backbone.model.trainable = True
+    frozen = backbone.frozen_below(settings.finetune_blocks)
+    _log(f"fine-tuning the top {settings.finetune_blocks} blocks; {frozen} layers stay frozen")
+    steps = len(batches) * settings.finetune_epochs
+    schedule = keras.optimizers.schedules.CosineDecay(
+        settings.finetune_lr, decay_steps=steps, alpha=0.02
+    )
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay)
+    callbacks: list[keras.callbacks.Callback] = []
+    model.compile(optimizer, **compile_args)
+    if teachers:
+        callbacks.append(DistillCost(teachers, len(batches), _log))
+        _log(
+            f"distilling from {len(teachers.teachers)} teacher(s) at "
+            + ", ".join(f"{t.size} px" for t in teachers.teachers)
+            + f" (alpha {settings.distill_alpha}, T {settings.distill_temperature}); views "
+            f"drawn at {batches.view_size} px"
+        )
+    if has_val:
+        callbacks.append(stop)
+    _log(
+        f"phase 2: fine-tuning, {settings.finetune_epochs} epochs"
+        + (" at most" if has_val else " (whole pool: no validation, no early stopping)")
+    )
+    history = model.fit(
+        batches,
+        epochs=settings.finetune_epochs,
+        validation_data=val,
+        class_weight=None if teachers else class_weight,
+        verbose=0,
+        callbacks=[*callbacks, Progress("fine-tune", settings.finetune_epochs, _log)],
+    )
+    epochs_run = len(history.history["loss"])
+    # the epoch whose weights were kept (EarlyStopping restores the best one)
+    best_epoch = stop.best_epoch + 1 if has_val and stop.best_weights is not None else epochs_run
+    return epochs_run, best_epoch
+
+
+def _resume(folder: Path, split: list[Sample], model: keras.Model) -> dict:
+    """Load the Keras weights of the finished run in ``folder`` (same split) into ``model``;
+    returns that run's training record."""
+    try:
+        record = json.loads((folder / "training_results.json").read_text())["training"]
+        same_split = read_split(folder / "split.csv") == split
+    except (OSError, ValueError, KeyError) as error:
+        raise BinDaemonError(f"--resume {folder}: not a finished training run ({error})") from error
+    if not same_split:
+        raise BinDaemonError(f"--resume {folder}: trained on another split than this run's")
+    weights = Path(record["work_dir"]) / "classifier.weights.h5"
+    if not weights.is_file():
+        raise BinDaemonError(f"--resume {folder}: its Keras weights {weights} are gone")
+    model.load_weights(weights)
+    _log(f"resumed from {weights} (the head and fine-tuning phases of {folder})")
+    return record
+
+
+def _quantisation_aware(
+    settings: TrainSettings,
+    model: keras.Model,
+    size: int,
+    n_classes: int,
+    representative: np.ndarray,
+    batches,
+    class_weight: dict[int, float],
+    compile_args: dict,
+    validation: tuple[np.ndarray, np.ndarray],
+) -> tuple[keras.Model, dict[str, tuple[float, float]], dict]:
+    """Fine-tune ``model`` (at export size ``size``), every layer, as the int8 model computes:
+    int8-rounded kernels, activations fake-quantised at the representative set's ranges
+    (training.qat). Returns that network at ``size``, the ranges, and a record with
+    validation accuracy (at ``size``) before and after."""
+    started = time.monotonic()
+    ranges = activation_ranges(model, settings.backbone, representative)
+    x_val, y_val = validation
+
+    def val_accuracy(network: keras.Model) -> float | None:
+        if not len(y_val):
+            return None
+        return float(
+            (network.predict(x_val.astype(np.float32), verbose=0).argmax(1) == y_val).mean()
+        )
+
+    before = {
+        "val_float": val_accuracy(model),
+        "val_fake_quant_before": val_accuracy(
+            _at_size(model, settings.backbone, size, n_classes, ranges, int8_weights=True)
+        ),
+    }
+    trainee, _ = _build(
+        settings.backbone, settings.input_size, n_classes, ranges, settings.dropout, True
+    )
+    copy_weights(model, trainee)
+    trainee.trainable = True
+    schedule = keras.optimizers.schedules.CosineDecay(
+        settings.qat_lr, decay_steps=len(batches) * settings.qat_epochs, alpha=0.02
+    )
+    trainee.compile(
+        keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay), **compile_args
+    )
+    _log(
+        f"phase 3: quantisation-aware fine-tuning, {settings.qat_epochs} epochs at "
+        f"{settings.qat_lr:g}, every layer, int8-rounded kernels, {len(ranges)} fake-quantised "
+        "activations"
+    )
+    trainee.fit(
+        batches,
+        epochs=settings.qat_epochs,
+        class_weight=None if settings.teachers else class_weight,
+        verbose=0,
+        callbacks=[Progress("QAT", settings.qat_epochs, _log)],
+    )
+    quantised = _at_size(trainee, settings.backbone, size, n_classes, ranges, int8_weights=True)
+    widths = sorted(hi - lo for lo, hi in ranges.values())
+    after = val_accuracy(quantised)
+    if after is not None:
+        _log(
+            f"validation accuracy: float {before['val_float']:.3f}, fake-quantised "
+            f"{before['val_fake_quant_before']:.3f} before QAT and {after:.3f} after"
+        )
+    return (
+        quantised,
+        ranges,
+        {
+            **before,
+            "val_fake_quant_after": after,
+            "epochs": settings.qat_epochs,
+            "lr": settings.qat_lr,
+            "activations": len(ranges),
+            "range_width_median": round(widths[len(widths) // 2], 3),
+            "range_width_max": round(widths[-1], 3),
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
 
 
 def _settings_record(settings: TrainSettings) -> dict:
@@ -518,14 +705,43 @@ def finetune_early_stopping(settings: TrainSettings) -> keras.callbacks.EarlySto
     )
 
 
-def _at_size(model: keras.Model, variant: str, size: int, n_classes: int) -> keras.Model:
-    """The same trained network with a (size, size, 3) input."""
-    backbone = efficientnet_lite(variant, size)
+def _inference(network: keras.Model, temperature: float) -> keras.Model:
+    """``network`` (pixels -> logits) as the exported model: calibrated probabilities."""
+    features = keras.Model(network.input, network.get_layer("head_dropout").input)
+    return inference_model(features, network.get_layer("classes"), temperature)
+
+
+def _build(
+    variant: str,
+    size: int,
+    n_classes: int,
+    ranges=None,
+    dropout: float = 0.0,
+    int8_weights: bool = False,
+) -> tuple[keras.Model, Backbone]:
+    """The classifier network (backbone, dropout, class layer) at a (size, size, 3) input;
+    with fake-quantised activations at ``ranges`` if given, and convolutions computing with
+    int8-rounded kernels if ``int8_weights`` (training.qat)."""
+    convolutions = {"conv": Int8Conv2D, "depthwise": Int8DepthwiseConv2D} if int8_weights else {}
+    tap = fake_quant_tap(ranges) if ranges else None
+    backbone = efficientnet_lite(variant, size, tap=tap, **convolutions)
     logits = keras.layers.Dense(n_classes, name="classes")(
-        keras.layers.Dropout(0.0, name="head_dropout")(backbone.model.output)
+        keras.layers.Dropout(dropout, name="head_dropout")(backbone.model.output)
     )
-    resized = keras.Model(backbone.model.input, logits)
-    resized.set_weights(model.get_weights())
+    return keras.Model(backbone.model.input, logits), backbone
+
+
+def _at_size(
+    model: keras.Model,
+    variant: str,
+    size: int,
+    n_classes: int,
+    ranges=None,
+    int8_weights: bool = False,
+) -> keras.Model:
+    """The same trained network with a (size, size, 3) input (fake-quantised as _build)."""
+    resized, _ = _build(variant, size, n_classes, ranges, int8_weights=int8_weights)
+    copy_weights(model, resized)
     return resized
 
 
