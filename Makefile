@@ -74,8 +74,9 @@ test-arm64: $(VENV)/.runtime
 # the whole pool (43 min for the Lite0 recipe), epochs, inference size, temperature and
 # threshold from CV_OUT; the card reports the cross-validated figure. POOL_ARGS must repeat
 # CV_ARGS's recipe flags (a differing recipe is refused), with whole-pool teachers (DIR-pool)
-# in place of cross-validated ones.
-CV_OUT ?= runs/cv/lite0
+# in place of cross-validated ones. The default export corrects biases (docs/TRAINING.md), so
+# the default CV_OUT is runs/cv/lite0-bc; a folder of folds made with another recipe is retrained.
+CV_OUT ?= runs/cv/lite0-bc
 CV_ARGS ?=
 POOL_ARGS ?= $(CV_ARGS)
 .PHONY: crossval train-all

@@ -320,3 +320,21 @@ def test_a_sweep_resumed_fold_by_fold_adds_quantisation_aware_fine_tuning(sweep,
         assert (out / f"fold-{fold}" / "split.csv").read_text() == (
             cv / f"fold-{fold}" / "split.csv"
         ).read_text()
+
+
+def test_a_finished_fold_counts_only_for_the_recipe_it_was_trained_with(sweep):
+    import dataclasses
+
+    from bin_daemon.training import crossval
+    from bin_daemon.training.split import read_split
+    from bin_daemon.training.train import TrainSettings
+
+    data, cv, _ = sweep
+    fold = cv / "fold-1"
+    split = read_split(fold / "split.csv")
+    same = TrainSettings(
+        data=data, out=cv, input_size=96, batch_size=8, export_sizes=(), teachers=(SHIPPED,)
+    )
+    assert crossval._finished(fold, split, same) is not None
+    for change in ({"bias_correction": False}, {"qat_epochs": 2}, {"hard_view_probability": 0.2}):
+        assert crossval._finished(fold, split, dataclasses.replace(same, **change)) is None

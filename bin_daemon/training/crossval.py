@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -184,13 +185,25 @@ def _teachers_for(teachers: tuple[Path, ...], fold: int, fold_hash: str) -> tupl
     return tuple(chosen)
 
 
-def _finished(fold_dir: Path, split) -> dict | None:
+def _finished(fold_dir: Path, split, settings) -> dict | None:
+    """The results of a finished run of ``split`` with ``settings``' recipe in ``fold_dir``."""
     results = fold_dir / "training_results.json"
     if not (results.is_file() and (fold_dir / "model_card.json").is_file()):
         return None
     if read_split(fold_dir / "split.csv") != split:
         return None
-    return json.loads(results.read_text())
+    finished = json.loads(results.read_text())
+    if _recipe(_recorded_settings(finished["training"])) != _recipe(settings):
+        return None  # another recipe (or one from before a recipe setting existed)
+    return finished
+
+
+def _recorded_settings(training: dict) -> SimpleNamespace:
+    """A run's recipe settings as its training record holds them (a missing one is None)."""
+    recorded = {key: training.get(key) for key in RECIPE_KEYS}
+    recorded["export_sizes"] = tuple(recorded["export_sizes"] or ())
+    recorded["bias_correction"] = bool(recorded["bias_correction"])  # before it existed: none
+    return SimpleNamespace(**recorded, teachers=tuple(training.get("teachers") or ()))
 
 
 def run(
@@ -213,7 +226,7 @@ def run(
     for fold in range(k):
         fold_dir = out / f"fold-{fold + 1}"
         split = fold_split(samples, folds, fold, fold_seed)
-        results = _finished(fold_dir, split)
+        results = _finished(fold_dir, split, base)
         if results is None:
             log(f"fold {fold + 1}/{k}: training")
             settings = dataclasses.replace(
@@ -455,7 +468,7 @@ def render(report: dict) -> str:
         lines += [
             f"Each fold resumed from the Keras weights of `{report['resumed_from']}`'s fold (its "
             "head and fine-tuning phases, its epochs); the minutes are this sweep's own steps "
-            "(quantisation-aware fine-tuning, export, scoring), on top of that sweep's.",
+            "(any quantisation-aware fine-tuning, the export, the scoring), on top of that sweep's.",
             "",
         ]
     lines += [
