@@ -207,8 +207,8 @@ def _add_issue15_options(train: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="quantisation-aware fine-tuning epochs after fine-tuning: fake int8 rounding at "
-        "every kept activation, the weights settle on it (default 0: none)",
+        help="quantisation-aware fine-tuning epochs after fine-tuning, computing as the int8 "
+        "model does (int8-rounded kernels, fake-quantised activations; default 0: none)",
     )
     group.add_argument(
         "--qat-lr", type=float, default=1e-5, metavar="LR", help="its peak rate (default 1e-5)"
@@ -226,7 +226,7 @@ def _add_issue15_options(train: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="start from the Keras weights of the finished run in DIR (same split; with --folds "
         "a cross-validation folder, fold by fold) and skip its head and fine-tuning phases: "
-        "adds --qat-epochs to a trained recipe",
+        "re-exports a trained model or sweep (bias correction, --qat-epochs)",
     )
     group.add_argument(
         "--distill-temperature",
@@ -391,6 +391,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         qat_lr=args.qat_lr,
         resume=args.resume,
     )
+    if args.qat_epochs < 0:
+        raise BinDaemonError(f"--qat-epochs {args.qat_epochs}: expected 0 (none) or more")
     issue15 = _issue15_mode(args, settings, card)  # --folds / --all-data
     if issue15 is not None:
         return issue15

@@ -246,7 +246,6 @@ def train(settings: TrainSettings) -> dict:
         val_targets = onehot(y_val)
     val = (x_val.astype(np.float32), val_targets) if has_val else None
 
-    stop = finetune_early_stopping(settings)
     compile_args: dict = {"loss": loss, "metrics": ["accuracy"]}
     if teachers:
         compile_args = {
@@ -268,7 +267,7 @@ def train(settings: TrainSettings) -> dict:
             (x_val, y_val), class_weight,
         )  # fmt: skip
         epochs_run, best_epoch = _fine_tune(
-            settings, backbone, model, batches, val, class_weight, compile_args, teachers, stop
+            settings, backbone, model, batches, val, class_weight, compile_args, teachers
         )
     train_seconds = time.monotonic() - started
     settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -472,8 +471,8 @@ def _train_head(
     validation: tuple[np.ndarray, np.ndarray],
     class_weight: dict[int, float],
 ) -> tuple[int, int]:
-    """Phase 1: the head (its layers: dropout, class layer) on cached features of the frozen backbone;
-    returns the epochs run and the epoch kept."""
+    """Phase 1: the head (its layers: dropout, class layer) on cached features of the frozen
+    backbone; returns the epochs run and the epoch kept."""
     size = backbone.input_size
     x_val, y_val = validation
     has_val = len(y_val) > 0
@@ -510,7 +509,6 @@ def _train_head(
     )
     head_epochs_run = len(head_history.history["loss"])
     head_best = head_stop.best_epoch + 1 if has_val else head_epochs_run
-
     return head_epochs_run, head_best
 
 
@@ -523,11 +521,11 @@ def _fine_tune(
     class_weight: dict[int, float],
     compile_args: dict,
     teachers: Teachers | None,
-    stop: keras.callbacks.EarlyStopping,
 ) -> tuple[int, int]:
     """Phase 2: fine-tune the top ``finetune_blocks`` groups (distilling if ``teachers``);
     returns the epochs run and the epoch kept."""
     has_val = val is not None
+    stop = finetune_early_stopping(settings)
     backbone.model.trainable = True
     frozen = backbone.frozen_below(settings.finetune_blocks)
     _log(f"fine-tuning the top {settings.finetune_blocks} blocks; {frozen} layers stay frozen")
@@ -573,7 +571,10 @@ def _resume(folder: Path, split: list[Sample], model: keras.Model) -> dict:
         record = json.loads((folder / "training_results.json").read_text())["training"]
         same_split = read_split(folder / "split.csv") == split
     except (OSError, ValueError, KeyError) as error:
-        raise BinDaemonError(f"--resume {folder}: not a finished training run ({error})") from error
+        raise BinDaemonError(
+            f"--resume {folder}: not a finished training run ({error}); give a model folder "
+            "that bin-daemon train wrote (with --folds: a cross-validation folder)"
+        ) from error
     if not same_split:
         raise BinDaemonError(f"--resume {folder}: trained on another split than this run's")
     weights = Path(record["work_dir"]) / "classifier.weights.h5"
