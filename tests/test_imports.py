@@ -27,7 +27,8 @@ ADAPTERS: dict[str, str | set[str]] = {
     "uvicorn": "console/app.py",
     "cryptography": "model/signing.py",
     "prometheus_client": "telemetry/prometheus.py",
-    "tensorflow": {"training/export.py", "training/embedding_output.py"},
+    # qat.py: only for its fake-quant op, which the converter reads the int8 ranges from
+    "tensorflow": {"training/export.py", "training/embedding_output.py", "training/qat.py"},
     "matplotlib": {"training/card.py", "training/site_experiments.py"},  # report plots
 }
 

@@ -39,11 +39,12 @@ QUANT_SUFFIX = "_quant"
 def rounded_per_channel(kernel, channel_axes: tuple[int, ...]):
     """``kernel`` rounded to int8 per channel (the axes *not* in ``channel_axes`` are
     reduced), with a straight-through gradient."""
-    reduce_axes = [a for a in range(len(kernel.shape)) if a not in channel_axes]
-    largest = tf.reduce_max(tf.abs(kernel), axis=reduce_axes, keepdims=True)
-    scale = tf.stop_gradient(tf.where(largest > 0, largest / WEIGHT_LEVELS, 1.0))
-    rounded = tf.round(kernel / scale) * scale
-    return kernel + tf.stop_gradient(rounded - kernel)
+    ops = keras.ops
+    reduce_axes = tuple(a for a in range(len(kernel.shape)) if a not in channel_axes)
+    largest = ops.max(ops.abs(kernel), axis=reduce_axes, keepdims=True)
+    scale = ops.stop_gradient(ops.where(largest > 0, largest / WEIGHT_LEVELS, 1.0))
+    rounded = ops.round(kernel / scale) * scale
+    return kernel + ops.stop_gradient(rounded - kernel)
 
 
 @keras.saving.register_keras_serializable(package="bin_daemon")
@@ -89,6 +90,7 @@ class FakeQuant(layers.Layer):
         self.hi = self.add_weight(shape=(), initializer=constant(hi), name="hi", trainable=False)
 
     def call(self, x):
+        # TensorFlow's own op: the converter takes the int8 ranges from it (bench/qat_probe.py)
         return tf.quantization.fake_quant_with_min_max_vars(x, self.lo, self.hi, num_bits=8)
 
     def get_config(self):
