@@ -295,8 +295,10 @@ def test_an_interrupted_crossval_leaves_its_finished_folds_marked_partial(
     pool = ["train", "--data", str(data), "--out", str(tmp_path / "pool"), "--all-data"]
     assert main([*pool, "--crossval", str(partial), *TINY]) != 0
     assert "unfinished (1 of 2 folds)" in capsys.readouterr().err
-    with pytest.raises(BinDaemonError, match="unfinished"):
-        crossval._teachers_for((partial,), 0, report["folds_hash"])
+    # as a teacher it teaches the fold it finished, and refuses the other by name
+    assert crossval._teachers_for((partial,), 0, report["folds_hash"]) == (partial / "fold-1",)
+    with pytest.raises(BinDaemonError, match=r"its fold 2 is not finished \(finished: 1\)"):
+        crossval._teachers_for((partial,), 1, report["folds_hash"])
 
 
 def test_a_sweep_resumed_fold_by_fold_adds_quantisation_aware_fine_tuning(sweep, tmp_path):

@@ -20,7 +20,8 @@ an interrupted sweep continues where it stopped.
 
 Teachers for distillation: a teacher given as a cross-validation folder (one with
 ``crossval.json`` made with the same folds) teaches fold i with its own fold-i model, which
-never saw fold i's held-out images; a plain model folder teaches every fold, and the report
+never saw fold i's held-out images (as soon as its fold i is finished: a partial teacher
+sweep teaches the folds it has); a plain model folder teaches every fold, and the report
 says that the teacher may have seen the held-out images (an optimistic figure).
 """
 
@@ -177,8 +178,15 @@ def _teachers_for(teachers: tuple[Path, ...], fold: int, fold_hash: str) -> tupl
                     f"teacher {teacher}: cross-validated on other folds than this run "
                     "(same data, --folds and --fold-seed needed)"
                 )
-            if reason := unfinished(theirs):
-                raise BinDaemonError(f"teacher {teacher}: {reason}")
+            # a teacher sweep can teach each fold it has finished, so that teacher and student
+            # sweeps can advance fold by fold (across sessions, say)
+            finished = sorted(row["fold"] for row in theirs["per_fold"])
+            if fold + 1 not in finished:
+                raise BinDaemonError(
+                    f"teacher {teacher}: its fold {fold + 1} is not finished (finished: "
+                    f"{', '.join(map(str, finished)) or 'none'}); run its own "
+                    "`bin-daemon train --folds` command again to continue it"
+                )
             chosen.append(teacher / f"fold-{fold + 1}")
         else:
             chosen.append(teacher)
