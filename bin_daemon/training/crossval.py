@@ -184,7 +184,7 @@ def _teachers_for(teachers: tuple[Path, ...], fold: int, fold_hash: str) -> tupl
             if fold + 1 not in finished:
                 raise BinDaemonError(
                     f"teacher {teacher}: its fold {fold + 1} is not finished (finished: "
-                    f"{', '.join(map(str, finished)) or 'none'}); run its own "
+                    f"{', '.join(map(str, finished))}); run its own "
                     "`bin-daemon train --folds` command again to continue it"
                 )
             chosen.append(teacher / f"fold-{fold + 1}")
