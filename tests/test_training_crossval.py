@@ -340,3 +340,151 @@ def test_a_finished_fold_counts_only_for_the_recipe_it_was_trained_with(sweep):
     assert crossval._finished(fold, split, same) is not None
     for change in ({"bias_correction": False}, {"qat_epochs": 2}, {"hard_view_probability": 0.2}):
         assert crossval._finished(fold, split, dataclasses.replace(same, **change)) is None
+
+
+def test_crossval_saves_every_held_out_images_outputs(sweep):
+    _, cv, _ = sweep
+    report = json.loads((cv / "crossval.json").read_text())
+    with (cv / "folds.csv").open() as handle:
+        folds = {r["path"]: int(r["fold"]) for r in csv.DictReader(handle)}
+    saved = np.load(cv / report["predictions"])
+    assert list(saved["labels"]) == LABELS
+    assert {str(p): int(f) for p, f in zip(saved["paths"], saved["fold"], strict=True)} == folds
+    for row in report["per_fold"]:
+        mine = saved["fold"] == row["fold"]
+        truth = saved["truth"][mine]
+        assert [LABELS[t] for t in truth] == [
+            Path(str(p)).parent.name for p in saved["paths"][mine]
+        ]
+        for key, figure in (
+            ("int8", "accuracy"),
+            ("int8_camera", "camera_accuracy"),
+            ("int8_flip", "flip_accuracy"),
+            ("int8_camera_flip", "flip_camera_accuracy"),
+            ("float_logits", "float_accuracy"),
+        ):
+            hits = np.mean(saved[key][mine].argmax(1) == truth)
+            assert hits == pytest.approx(row[figure], abs=1e-4), key
+        assert saved["int8"][mine].sum(1) == pytest.approx(1.0, abs=0.02)  # probabilities
+
+
+def test_bin_camera_views_are_drawn_at_one_size_for_every_model(sweep):
+    from bin_daemon.model.classifier import Classifier
+    from bin_daemon.model.evaluate import evaluate_items
+    from bin_daemon.model.preprocess import load_image
+    from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET
+    from bin_daemon.training.card_metrics import _camera_view
+
+    data, cv, _ = sweep
+    report = json.loads((cv / "crossval.json").read_text())
+    views = report["camera_views"]
+    assert views == {
+        "drawn_at": crossval.CAMERA_VIEWS_AT,
+        "seed": report["fold_seed"] + TEST_VIEWS_SEED_OFFSET,
+        "then": "resized to each fold model's input size",
+    }
+    classifier = Classifier.load(cv / "fold-1")
+    assert classifier.input_size == 96  # the views are larger than this model's input
+    saved = np.load(cv / "predictions.npz")
+    mine = saved["fold"] == 1
+    items = [
+        (LABELS[t], data / str(p))
+        for t, p in zip(saved["truth"][mine], saved["paths"][mine], strict=True)
+    ]
+    # drawn at 288 px (resized to the model's 96 px by its own preprocessing), not at 96 px
+    drawn = _camera_view(views["drawn_at"], views["seed"])
+    assert drawn(load_image(items[0][1])).shape == (288, 288, 3)
+    run = evaluate_items(classifier, items, "x", view=_camera_view(288, views["seed"]))
+    assert np.stack(run.scores) == pytest.approx(saved["int8_camera"][mine], abs=1e-6)
+    other_size = evaluate_items(classifier, items, "x", view=_camera_view(96, views["seed"]))
+    assert not np.allclose(np.stack(other_size.scores), saved["int8_camera"][mine])
+
+
+def test_score_only_scores_the_trained_folds_and_trains_none(sweep, tmp_path, capsys):
+    data, cv, _ = sweep
+    partial = tmp_path / "partial"
+    shutil.copytree(cv / "fold-1", partial / "fold-1")  # fold 2 never trained
+    args = ["train", "--data", str(data), "--out", str(partial), "--folds", "2", *TINY, *EPOCHS]
+    assert main([*args, "--work-dir", str(tmp_path / "work"), "--score-only"]) == 0
+    out = capsys.readouterr().out
+    assert "fold 2/2: not trained yet" in out and "[train" not in out
+    assert not (partial / "fold-2").exists()
+    report = json.loads((partial / "crossval.json").read_text())
+    whole = json.loads((cv / "crossval.json").read_text())
+    assert report["folds_finished"] == 1 and not report["complete"]
+    assert report["per_fold"] == whole["per_fold"][:1]  # scored again: the same figures
+    assert set(np.load(partial / "predictions.npz")["fold"].tolist()) == {1}
+    markdown = (partial / "crossval.md").read_text()
+    assert "Partial" in markdown and "Bin-camera views drawn at 288 px" in markdown
+    assert "--score-only" not in report["command"]  # the sweep's command, to continue it
+    assert main(["train", "--data", str(data), "--out", str(partial), "--score-only"]) != 0
+    assert "--score-only is for --folds" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_a_sweep_with_itself_is_that_sweep(sweep, tmp_path, capsys):
+    from bin_daemon.training import ensemble
+
+    _, cv, _ = sweep
+    report = json.loads((cv / "crossval.json").read_text())
+    assert ensemble.main([str(cv), str(cv), "--out", str(tmp_path / "same.md")]) == 0
+    result = json.loads((tmp_path / "same.json").read_text())
+    assert result["folds"] == [1, 2] and result["images"] == 24
+    for key in ("accuracy", "camera_accuracy", "macro_f1", "min_recall", "bin_accuracy"):
+        folds = [row[key] for row in report["per_fold"]]
+        assert result["summary"]["ensemble"][key]["folds"] == pytest.approx(folds, abs=1e-4)
+        assert result["ensemble_gain_points_over_members_mean"][key]["mean"] == 0.0
+    assert "| top-1 accuracy (int8) |" in capsys.readouterr().out
+
+
+def _fake_sweep(folder: Path, int8: list, folds_hash: str = "f" * 64) -> Path:
+    folder.mkdir()
+    report = {
+        "folds_hash": folds_hash,
+        "camera_views": {"drawn_at": 288, "seed": 1},
+        "predictions": "predictions.npz",
+    }
+    (folder / "crossval.json").write_text(json.dumps(report))
+    probs = np.array(int8, np.float32)
+    np.savez(
+        folder / "predictions.npz",
+        labels=np.array(LABELS),
+        fold=np.array([1, 1, 1, 2, 2, 2]),
+        paths=np.array([f"{LABELS[i % 3]}/{i}.jpg" for i in range(6)]),
+        truth=np.array([0, 1, 2, 0, 1, 2]),
+        int8=probs,
+        int8_camera=probs,
+    )
+    return folder
+
+
+def test_an_ensemble_averages_probabilities_by_image(tmp_path, capsys):
+    from bin_daemon.training import ensemble
+
+    sure, unsure = 0.9, 0.4
+
+    def row(right: int, wrong: int, p: float) -> list:
+        out = [0.0] * 6
+        out[right], out[wrong] = p, 1 - p
+        return out
+
+    # a is sure and right on 0, 2, 3, 5 and unsure and wrong on 1, 4; b the other way round
+    a = [row(0, 3, sure), row(3, 1, 1 - unsure), row(2, 3, sure)] * 2
+    b = [row(3, 0, 1 - unsure), row(1, 3, sure), row(3, 2, 1 - unsure)] * 2
+    one, two = _fake_sweep(tmp_path / "a", a), _fake_sweep(tmp_path / "b", b)
+    result = ensemble.compare([ensemble.load_sweep(one), ensemble.load_sweep(two)])
+    assert result["summary"][str(one)]["accuracy"]["mean"] == pytest.approx(2 / 3, abs=1e-4)
+    assert result["summary"][str(two)]["accuracy"]["mean"] == pytest.approx(1 / 3, abs=1e-4)
+    # averaged, the true label gets 0.65 against 0.35 on every image: all right
+    assert result["summary"]["ensemble"]["accuracy"]["folds"] == [1.0, 1.0]
+    assert result["ensemble_gain_points_over_members_mean"]["accuracy"]["mean"] == pytest.approx(
+        50.0
+    )
+    # sweeps on other folds are refused, naming the sweep and what differs
+    other = _fake_sweep(tmp_path / "c", a, folds_hash="0" * 64)
+    assert ensemble.main([str(one), str(other)]) == 2
+    assert f"{other}: other folds hash" in capsys.readouterr().err
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "crossval.json").write_text(json.dumps({"folds_hash": "f" * 64}))
+    assert ensemble.main([str(one), str(old)]) == 2
+    assert "--score-only" in capsys.readouterr().err

@@ -171,6 +171,12 @@ def _add_issue15_options(train: argparse.ArgumentParser) -> None:
         help="seed of the fold assignment (keep it across recipes; --seed seeds training)",
     )
     group.add_argument(
+        "--score-only",
+        action="store_true",
+        help="with --folds: score the folds already trained again (today's metrics, "
+        "predictions.npz) and train none",
+    )
+    group.add_argument(
         "--all-data",
         action="store_true",
         help="train on the whole pool for exactly --epochs (no validation, no early stopping); "
@@ -244,19 +250,27 @@ def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None
 
     if args.folds is not None and args.all_data:
         raise BinDaemonError("--folds and --all-data: choose one")
+    if args.score_only and args.folds is None:
+        raise BinDaemonError("--score-only is for --folds K (a cross-validation folder)")
     if args.folds is not None:
         if args.folds < 2:
             raise BinDaemonError(f"--folds {args.folds}: expected 2 or more")
         try:
             report = crossval.run(
-                settings, args.folds, args.fold_seed, train, card_module.write_card
+                settings,
+                args.folds,
+                args.fold_seed,
+                train,
+                card_module.write_card,
+                score_only=args.score_only,
             )
         except ValueError as error:
             raise BinDaemonError(f"--folds: {error}") from error
         accuracy = report["metrics"]["accuracy"]
         print(
             f"cross-validated accuracy {accuracy['mean']:.1%} ± {100 * accuracy['std']:.1f} pt "
-            f"over {args.folds} folds; report: {args.out / crossval.MARKDOWN}"
+            f"over {report['folds_finished']} of {args.folds} folds; "
+            f"report: {args.out / crossval.MARKDOWN}"
         )
         return 0
     if not args.all_data:

@@ -44,6 +44,7 @@ class Evaluation:
     truth: list[str] = field(default_factory=list)  # per scored item, in order
     predicted: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)  # per item, every label's probability
 
     def as_dict(self) -> dict:
         out = self.report.as_dict()
@@ -96,7 +97,7 @@ def evaluate_items(
     folder_labels = sorted({label for label, _ in items})
     unknown = [label for label in folder_labels if label not in classifier.labels]
     labels = list(classifier.labels) + unknown
-    truth, predicted, confidence, skipped = [], [], [], []
+    truth, predicted, confidence, scores, skipped = [], [], [], [], []
     for i, (label, path) in enumerate(items):
         try:
             image = load_image(path)
@@ -107,6 +108,7 @@ def evaluate_items(
         truth.append(label)
         predicted.append(prediction.label)
         confidence.append(prediction.confidence)
+        scores.append(prediction.scores)
         if on_image is not None:
             on_image(i + 1, len(items))
     if not truth:
@@ -119,6 +121,7 @@ def evaluate_items(
         truth=truth,
         predicted=predicted,
         confidence=confidence,
+        scores=scores,
     )
 
 

@@ -46,11 +46,25 @@ from bin_daemon.model.evaluate import evaluate_items
 from bin_daemon.training import calibration
 from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET
 from bin_daemon.training.card_metrics import _camera_view, summary
-from bin_daemon.training.folds import fold_split, folds_hash, stratified_kfold, write_folds
+from bin_daemon.training.folds import (
+    HELD_OUT_FILE,
+    fold_split,
+    folds_hash,
+    stratified_kfold,
+    write_folds,
+)
 from bin_daemon.training.split import limit_per_class, read_split, scan_dataset
 
 REPORT = "crossval.json"
 MARKDOWN = "crossval.md"
+PREDICTIONS = "predictions.npz"  # every held-out image's outputs, for offline comparisons
+TTA_MODES = ("none", "flip")
+# Bin-camera test views are drawn at this size (the shipped recipe's input, where the
+# effects' pixel sizes were set: blur kernel, noise per pixel) from the fold seed, then
+# resized to each model's input: every model, whatever its size or training seed, is scored
+# on the very same corrupted pixels. (Drawn at each model's own size, a 416 px model saw a
+# third milder blur and noise than a 288 px one: docs/TRAINING.md.)
+CAMERA_VIEWS_AT = 288
 # (key in a fold's figures, label in the table); every one gets mean and spread
 METRICS = (
     ("accuracy", "top-1 accuracy (int8)"),
@@ -96,26 +110,35 @@ def load_report(folder: Path) -> dict:
         ) from error
 
 
-def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict, threads: int) -> dict:
+def fold_figures(
+    fold_dir: Path, data: Path, view_seed: int, results: dict, threads: int
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Score a fold's held-out images (its split's ``test``) through the daemon's path,
-    without and with flip test-time augmentation (``model.tta: flip``)."""
+    without and with flip test-time augmentation (``model.tta: flip``).
+
+    Returns the fold's figures and its per-image predictions (:data:`PREDICTIONS`)."""
     classifier = Classifier.load(fold_dir, num_threads=threads)
     policy = make_policy(load_config(None), classifier)  # default bins, the fold's threshold
-    held_out = [
-        (s.label, data / s.path) for s in read_split(fold_dir / "split.csv") if s.subset == "test"
-    ]
+    tests = [s for s in read_split(fold_dir / "split.csv") if s.subset == "test"]
+    held_out = [(s.label, data / s.path) for s in tests]
+    runs = {}
 
     def score(tta: str) -> tuple[dict, dict, float]:
         classifier.tta = tta
         where = f"{fold_dir} (held out{'' if tta == 'none' else ', tta ' + tta}"
         clean_run = evaluate_items(classifier, held_out, where + ")", policy=policy)
+        # the same views for every model, whatever its input size (see CAMERA_VIEWS_AT)
         camera_run = evaluate_items(
             classifier,
             held_out,
             where + ", bin-camera)",
             policy=policy,
-            view=_camera_view(classifier.input_size, seed + TEST_VIEWS_SEED_OFFSET),
+            view=_camera_view(CAMERA_VIEWS_AT, view_seed),
         )
+        for run_ in (clean_run, camera_run):
+            if run_.skipped:
+                raise BinDaemonError(f"{where}): images could not be decoded: {run_.skipped}")
+        runs[tta] = (clean_run, camera_run)
         assert clean_run.bins is not None
         return (
             summary(clean_run),
@@ -127,7 +150,7 @@ def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict, threads: 
     flip, flip_camera, _ = score("flip")
     training = results["training"]
     float_accuracy = results["test_float"]["accuracy"]
-    return {
+    figures = {
         "n": clean["n"],
         **{k: clean[k] for k in ("accuracy", "macro_f1", "min_recall", "bin_accuracy")},
         "recycling_contamination": contamination,
@@ -152,6 +175,34 @@ def fold_figures(fold_dir: Path, data: Path, seed: int, results: dict, threads: 
         "head_best_epoch": training["head_best_epoch"],
         "minutes": round(training["total_seconds"] / 60, 1),
     }
+    held = np.load(fold_dir / HELD_OUT_FILE)
+    row_of = {str(path): i for i, path in enumerate(held["paths"])}
+    paths = [s.path for s in tests]
+    if sorted(row_of) != sorted(paths):
+        raise BinDaemonError(f"{fold_dir / HELD_OUT_FILE}: not the images of the fold's split")
+    order = [row_of[p] for p in paths]
+    labels = list(classifier.labels)
+    predictions = {
+        "paths": np.array(paths),
+        "truth": np.array([labels.index(label) for label, _ in held_out], np.int16),
+        "float_logits": np.asarray(held["logits"], np.float32)[order],
+        **{
+            f"{name}{'' if tta == 'none' else '_' + tta}": np.stack(
+                [np.asarray(s, np.float32) for s in runs[tta][i].scores]
+            )
+            for tta in TTA_MODES
+            for i, name in enumerate(("int8", "int8_camera"))
+        },
+    }
+    return figures, predictions
+
+
+def write_predictions(path: Path, folds: list[tuple[int, dict]], labels: list[str]) -> None:
+    """The finished folds' per-image predictions, concatenated (``fold`` says whose)."""
+    keys = folds[0][1].keys()
+    arrays = {key: np.concatenate([p[key] for _, p in folds]) for key in keys}
+    arrays["fold"] = np.concatenate([np.full(len(p["truth"]), n, np.int16) for n, p in folds])
+    np.savez_compressed(path, labels=np.array(labels), **arrays)
 
 
 def spread(values: list[float | None]) -> dict:
@@ -221,8 +272,12 @@ def run(
     train: Callable[..., dict],
     write_card: Callable[[dict, Path, list], dict],
     log: Callable[[str], None] = print,
+    score_only: bool = False,
 ) -> dict:
-    """Train and score every fold of ``base`` (a TrainSettings), write the report; return it."""
+    """Train and score every fold of ``base`` (a TrainSettings), write the report; return it.
+
+    ``score_only``: score the folds already trained again (with today's scoring) and train
+    none; the report then holds those folds only (partial if any is missing)."""
     started = time.monotonic()
     out: Path = base.out
     out.mkdir(parents=True, exist_ok=True)
@@ -230,11 +285,15 @@ def run(
     folds = stratified_kfold(samples, k, fold_seed)
     fold_hash = folds_hash(samples, folds)
     write_folds(samples, folds, out / "folds.csv")
-    rows, oof_logits, oof_targets = [], [], []
+    rows, oof_logits, oof_targets, predictions = [], [], [], []
+    labels: list[str] = []
     for fold in range(k):
         fold_dir = out / f"fold-{fold + 1}"
         split = fold_split(samples, folds, fold, fold_seed)
         results = _finished(fold_dir, split, base)
+        if results is None and score_only:
+            log(f"fold {fold + 1}/{k}: not trained yet; --score-only trains nothing")
+            continue
         if results is None:
             log(f"fold {fold + 1}/{k}: training")
             settings = dataclasses.replace(
@@ -250,22 +309,25 @@ def run(
             write_card(results, fold_dir, [])
         else:
             log(f"fold {fold + 1}/{k}: already trained in {fold_dir}, scored again")
-        figures = {
-            "fold": fold + 1,
-            **fold_figures(fold_dir, base.data, base.seed, results, base.threads),
-        }
+        figures, held_predictions = fold_figures(
+            fold_dir, base.data, fold_seed + TEST_VIEWS_SEED_OFFSET, results, base.threads
+        )
+        figures = {"fold": fold + 1, **figures}
+        predictions.append((fold + 1, held_predictions))
+        labels = list(results["labels"])
         log(
             f"fold {fold + 1}/{k}: held-out accuracy {figures['accuracy']:.3f}, bin-camera "
             f"{figures['camera_accuracy']:.3f}, bin accuracy {figures['bin_accuracy']:.3f}; "
             f"best fine-tuning epoch {figures['finetune_best_epoch']}"
         )
         rows.append(figures)
-        held = np.load(fold_dir / "held_out_logits.npz")
+        held = np.load(fold_dir / HELD_OUT_FILE)
         oof_logits.append(held["logits"])
         oof_targets.append(held["targets"])
         # written after every fold, so that an interrupted sweep leaves its finished folds'
         # figures (marked partial) for the maintainer to read while it is continued
         report = _report(base, k, fold_seed, fold_hash, len(samples), rows, started)
+        write_predictions(out / PREDICTIONS, predictions, labels)
         if len(rows) == k:
             report["whole_pool"] = _whole_pool(
                 base, rows, np.concatenate(oof_logits), np.concatenate(oof_targets), k
@@ -273,7 +335,9 @@ def run(
             report["whole_pool"]["command"] = whole_pool_command(base, out, report)
         (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         (out / MARKDOWN).write_text(render(report))
-    log(f"wrote {out / REPORT} and {out / MARKDOWN}")
+    if not rows:
+        raise BinDaemonError(f"{out}: no fold is trained yet; nothing to score (--score-only)")
+    log(f"wrote {out / REPORT}, {out / MARKDOWN} and {out / PREDICTIONS}")
     return report
 
 
@@ -289,9 +353,16 @@ def _report(base, k: int, fold_seed: int, fold_hash: str, images: int, rows: lis
         "folds_hash": fold_hash,
         "images": images,
         "data": str(base.data),
-        "command": base.command,
+        # the sweep's own command (a --score-only run scores its folds again, nothing more)
+        "command": base.command.replace(" --score-only", ""),
         "teachers": [str(t) for t in base.teachers],
         "resumed_from": None if base.resume is None else str(base.resume),
+        "camera_views": {
+            "drawn_at": CAMERA_VIEWS_AT,
+            "seed": fold_seed + TEST_VIEWS_SEED_OFFSET,
+            "then": "resized to each fold model's input size",
+        },
+        "predictions": PREDICTIONS,
         "teachers_saw_held_out": [
             str(t) for t in base.teachers if not (Path(t) / REPORT).is_file()
         ],
@@ -455,6 +526,21 @@ def _spread_cell(key: str, s: dict) -> str:
     return f"{_fmt(key, s['mean'])} ± {std} ({_fmt(key, s['min'])} to {_fmt(key, s['max'])})"
 
 
+def _camera_views_line(report: dict) -> str:
+    views = report.get("camera_views")
+    if views is None:  # a report from before 2026-12-03
+        return (
+            "Bin-camera views were drawn at each fold model's own input size (milder blur and "
+            "noise for a larger model): compare them only between models of one size."
+        )
+    return (
+        f"Bin-camera views drawn at {views['drawn_at']} px (seed {views['seed']}), then "
+        "resized to each fold model's input: the same views for every model. Every held-out "
+        f"image's outputs are in `{report.get('predictions', PREDICTIONS)}` "
+        "(`python -m bin_daemon.training.ensemble` compares and averages sweeps from them)."
+    )
+
+
 def render(report: dict) -> str:
     k = report["folds"]
     rows = report["per_fold"]
@@ -485,6 +571,8 @@ def render(report: dict) -> str:
         "daemon's own path, clean and under bin-camera conditions; bin figures under the "
         "bundled default config's bins, contamination by top-1 label, coverage at the fold's "
         "unsure threshold. Mean ± sample standard deviation over folds (min to max).",
+        "",
+        _camera_views_line(report),
         "",
         "| metric | mean ± sd (min to max) | " + " | ".join(f"fold {n}" for n in numbers) + " |",
         "|---|---|" + "---|" * len(rows),

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from bin_daemon.training.split import Sample
 
+# a run's test split's float logits (before temperature), which cross-validation pools
+HELD_OUT_FILE = "held_out_logits.npz"
+
 
 def stratified_kfold(samples: list[Sample], k: int, seed: int) -> dict[str, int]:
     """Path -> fold (0..k-1): per class, shuffled from ``seed``, dealt round-robin.

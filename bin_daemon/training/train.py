@@ -44,6 +44,7 @@ from bin_daemon.training.distill import (
 )
 from bin_daemon.training.embedding_output import embedding_entry
 from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
+from bin_daemon.training.folds import HELD_OUT_FILE
 from bin_daemon.training.qat import (
     Int8Conv2D,
     Int8DepthwiseConv2D,
@@ -63,7 +64,6 @@ from bin_daemon.training.split import (
 from bin_daemon.training.tflite_eval import TFLiteModel
 
 MODEL_FILE = "waste_classifier.tflite"
-HELD_OUT_FILE = "held_out_logits.npz"  # the test split's float logits, before temperature
 
 
 @dataclass
