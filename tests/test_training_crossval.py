@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -433,7 +434,14 @@ def test_an_ensemble_of_a_sweep_with_itself_is_that_sweep(sweep, tmp_path, capsy
         folds = [row[key] for row in report["per_fold"]]
         assert result["summary"]["ensemble"][key]["folds"] == pytest.approx(folds, abs=1e-4)
         assert result["ensemble_gain_points_over_members_mean"][key]["mean"] == 0.0
-    assert "| top-1 accuracy (int8) |" in capsys.readouterr().out
+    # a sweep shares every one of its errors with itself: the oracle is its own accuracy
+    shared = result["shared_errors"]["int8"]
+    wrong = round(24 * (1 - statistics.fmean(row["accuracy"] for row in report["per_fold"])))
+    assert list(shared["wrong_per_member"].values()) == [wrong, wrong]
+    assert shared["wrong_for_every_member"] == shared["wrong_for_some_member"] == wrong
+    assert len(shared["images_wrong_for_every_member"]) == wrong
+    out = capsys.readouterr().out
+    assert "| top-1 accuracy (int8) |" in out and "## Where the members' errors overlap" in out
 
 
 def _fake_sweep(folder: Path, int8: list, folds_hash: str = "f" * 64) -> Path:
@@ -479,6 +487,20 @@ def test_an_ensemble_averages_probabilities_by_image(tmp_path, capsys):
     assert result["ensemble_gain_points_over_members_mean"]["accuracy"]["mean"] == pytest.approx(
         50.0
     )
+    # their errors never coincide: some member is right on every image
+    shared = result["shared_errors"]["int8"]
+    assert shared["wrong_per_member"] == {str(one): 2, str(two): 4}
+    assert shared["wrong_for_every_member"] == 0 and shared["wrong_for_some_member"] == 6
+    assert shared["right_for_some_member"] == 1.0
+    # against a sweep wrong everywhere, the shared errors are a's: images 1 and 4, truth 1
+    never = _fake_sweep(tmp_path / "never", [row(3, 0, sure)] * 6)
+    result = ensemble.compare([ensemble.load_sweep(one), ensemble.load_sweep(never)])
+    listed = result["shared_errors"]["int8"]["images_wrong_for_every_member"]
+    assert [(item["path"], item["truth"]) for item in listed] == [
+        (f"{LABELS[1]}/1.jpg", LABELS[1]),
+        (f"{LABELS[1]}/4.jpg", LABELS[1]),
+    ]
+    assert [item["predicted"] for item in listed] == [[LABELS[3], LABELS[3]]] * 2
     # sweeps on other folds are refused, naming the sweep and what differs
     other = _fake_sweep(tmp_path / "c", a, folds_hash="0" * 64)
     assert ensemble.main([str(one), str(other)]) == 2

@@ -38,6 +38,9 @@ FIGURES = (  # (key, label, kind of outputs, how it is printed)
 )
 
 
+OUTPUTS = ("int8", "int8_camera")
+
+
 @dataclass
 class Sweep:
     name: str
@@ -65,7 +68,7 @@ def load_sweep(folder: Path) -> Sweep:
             folds=saved["fold"],
             paths=saved["paths"],
             truth=saved["truth"],
-            outputs={key: saved[key] for key in ("int8", "int8_camera")},
+            outputs={key: saved[key] for key in OUTPUTS},
         )
 
 
@@ -136,6 +139,7 @@ def compare(sweeps: list[Sweep]) -> dict:
     bin_of = {label: bins.get(label, config.fallback_bin) for label in labels}
     rows: dict[str, list[dict]] = {s.name: [] for s in sweeps}
     rows["ensemble"] = []
+    paths, truths, predicted = [], [], {kind: [] for kind in OUTPUTS}
     for fold in folds:
         first = sweeps[0]
         mine = np.flatnonzero(first.folds == fold)
@@ -145,6 +149,11 @@ def compare(sweeps: list[Sweep]) -> dict:
             rows[sweep.name].append(figures(outputs, truth, labels, bin_of))
         averaged = {key: np.mean([m[key] for m in members], axis=0) for key in members[0]}
         rows["ensemble"].append(figures(averaged, truth, labels, bin_of))
+        paths.extend(str(p) for p in order)
+        truths.append(truth)
+        for kind in OUTPUTS:  # (images, members + ensemble) top-1 labels
+            tops = [m[kind].argmax(1) for m in members] + [averaged[kind].argmax(1)]
+            predicted[kind].append(np.stack(tops, axis=1))
     summary = {
         name: {key: _spread([r[key] for r in per_fold]) for key, *_ in FIGURES}
         for name, per_fold in rows.items()
@@ -170,7 +179,53 @@ def compare(sweeps: list[Sweep]) -> dict:
         "per_fold": rows,
         "summary": summary,
         "ensemble_gain_points_over_members_mean": gain,
+        "shared_errors": {
+            kind: shared_errors(
+                paths,
+                np.concatenate(truths),
+                np.concatenate(predicted[kind]),
+                labels,
+                bin_of,
+                [s.name for s in sweeps],
+            )
+            for kind in OUTPUTS
+        },
         "inference_cost": f"{len(sweeps)} invokes per item (the sum of the members' latencies)",
+    }
+
+
+def shared_errors(
+    paths: list[str],
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    labels: list[str],
+    bin_of: dict,
+    names: list[str],
+) -> dict:
+    """How far the members' errors overlap: an ensemble can only fix an image that some
+    member gets right, so "right for at least one member" bounds any combination of them.
+    ``predicted`` is (images, members + ensemble) top-1 labels."""
+    wrong = predicted[:, :-1] != truth[:, None]
+    every = np.flatnonzero(wrong.all(axis=1))
+    return {
+        "images": len(paths),
+        "wrong_per_member": dict(zip(names, map(int, wrong.sum(axis=0)), strict=True)),
+        "wrong_for_every_member": len(every),
+        "wrong_for_some_member": int(wrong.any(axis=1).sum()),
+        "right_for_some_member": round(1 - len(every) / len(paths), 4),
+        "wrong_for_every_member_and_wrong_bin_by_ensemble": int(
+            sum(bin_of[labels[truth[i]]] != bin_of[labels[predicted[i, -1]]] for i in every)
+        ),
+        "images_wrong_for_every_member": [
+            {
+                "path": paths[i],
+                "truth": labels[truth[i]],
+                "predicted": [labels[p] for p in predicted[i, :-1]],
+                "bin": bin_of[labels[truth[i]]],
+                "ensemble_bin": bin_of[labels[predicted[i, -1]]],
+            }
+            for i in every
+        ],
     }
 
 
@@ -212,7 +267,35 @@ def render(result: dict) -> str:
             + " | ".join(_cell(kind, result["summary"][n][key]) for n in names)
             + f" | {gain['mean']:+.2f} ± {gain['std']:.2f} |"
         )
+    lines += _shared_errors_lines(result["shared_errors"])
     return "\n".join(lines) + "\n"
+
+
+def _shared_errors_lines(shared: dict) -> list[str]:
+    clean, camera = shared["int8"], shared["int8_camera"]
+    lines = ["", "## Where the members' errors overlap", ""]
+    for title, s in (("clean", clean), ("bin-camera", camera)):
+        each = ", ".join(map(str, s["wrong_per_member"].values()))
+        lines.append(
+            f"- {title}: the members get {each} of {s['images']} wrong; "
+            f"{s['wrong_for_every_member']} are wrong for every member "
+            f"({s['wrong_for_every_member_and_wrong_bin_by_ensemble']} of them in the wrong bin), "
+            f"{s['wrong_for_some_member']} for at least one. No combination of these members "
+            f"can beat {100 * s['right_for_some_member']:.2f}% (right for at least one member)."
+        )
+    lines += [
+        "",
+        "Clean images wrong for every member (the ensemble's bin against the true bin):",
+        "",
+        "| image | true label | members' labels | bin | ensemble's bin |",
+        "|---|---|---|---|---|",
+    ]
+    for item in clean["images_wrong_for_every_member"]:
+        lines.append(
+            f"| {item['path']} | {item['truth']} | {', '.join(item['predicted'])} | "
+            f"{item['bin']} | {item['ensemble_bin']} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
