@@ -17,7 +17,9 @@ and keeps probabilities and embeddings (cached in ``--cache``):
 The fusion's two settings, k and the weight of the neighbours' vote, are chosen on the
 fold's ``val`` part as queries against its ``train`` part only; the held-out fold is then
 scored once with the chosen settings against the whole memory (train and val). The model's
-own figure (no memory) is printed beside it; the probe stops if it is not the `crossval`
+With ``--site-head`` the same memory is also taught to the site head instead
+(`SiteHead.fit`: the model's own last layer refitted on those embeddings, docs/SITE.md) and
+the held-out fold scored through it. The model's own figure (no memory) is printed beside it; the probe stops if it is not the `crossval`
 report's (then these are not the views and images that report scored).
 """
 
@@ -31,10 +33,12 @@ import numpy as np
 
 from bin_daemon.model.classifier import Classifier
 from bin_daemon.model.preprocess import load_image, resize
+from bin_daemon.site.head import SiteHead
 from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET
 from bin_daemon.training.card_metrics import _camera_view
 from bin_daemon.training.crossval import CAMERA_VIEWS_AT
 from bin_daemon.training.split import read_split
+from bin_daemon.training.train import MODEL_FILE
 
 FOLD_SEED = 20261124  # crossval's default --fold-seed (the committed sweeps' folds)
 MEMORY_VIEWS_SEED = 424242  # the memory's own bin-camera views: not the test views' seed
@@ -151,6 +155,23 @@ def probe_fold(f: dict[str, np.ndarray], with_camera_memory: bool) -> dict:
     return figures
 
 
+def probe_site_head(fold_dir: Path, f: dict[str, np.ndarray], with_camera_memory: bool) -> dict:
+    labels = list(Classifier.load(fold_dir, num_threads=1).labels)
+    views = ("", "_cam") if with_camera_memory else ("",)
+    E = np.concatenate([f[f"{p}{c}_e"] for c in views for p in ("train", "val")])
+    y = np.concatenate([f[f"{p}_y"] for c in views for p in ("train", "val")])
+    head = SiteHead.fit(
+        E, [labels[i] for i in y], model_labels=labels, model_path=fold_dir / MODEL_FILE
+    )
+    figures = {}
+    for c, name in (("", "clean"), ("_cam", "camera")):
+        p, e = f[f"test{c}_p"], f[f"test{c}_e"]
+        head_probs = np.stack([head.apply(x, q).probs for x, q in zip(e, p, strict=True)])
+        figures[f"{name}_model"] = _accuracy(p, f["test_y"])
+        figures[f"{name}_memory"] = _accuracy(head_probs, f["test_y"])
+    return figures
+
+
 def _check_against_crossval(fold_dir: Path, f: dict[str, np.ndarray]) -> None:
     recorded = json.loads((fold_dir.parent / "crossval.json").read_text())
     fold = int(fold_dir.name.split("-")[-1])
@@ -167,6 +188,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/trashnet"))
     parser.add_argument("--cache", type=Path, default=Path("runs/probe/pool_memory"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--site-head", action="store_true", help="also teach the site head")
     args = parser.parse_args()
     report = {}
     for fold_dir in args.fold_dirs:
@@ -176,9 +198,15 @@ def main() -> int:
             "clean memory": probe_fold(f, with_camera_memory=False),
             "clean and bin-camera memory": probe_fold(f, with_camera_memory=True),
         }
+        if args.site_head:
+            for camera, variant in ((False, "clean"), (True, "clean and bin-camera")):
+                report[str(fold_dir)][f"site head taught the {variant} memory"] = probe_site_head(
+                    fold_dir, f, with_camera_memory=camera
+                )
         for variant, fig in report[str(fold_dir)].items():
+            chosen = f"k={fig['chosen_k']} w={fig['chosen_weight']}" if "chosen_k" in fig else ""
             print(
-                f"{fold_dir} [{variant}]: k={fig['chosen_k']} w={fig['chosen_weight']} | clean "
+                f"{fold_dir} [{variant}]: {chosen} | clean "
                 f"{fig['clean_model']:.4f} -> {fig['clean_memory']:.4f} | camera "
                 f"{fig['camera_model']:.4f} -> {fig['camera_memory']:.4f}",
                 flush=True,
