@@ -1,26 +1,28 @@
 """A probe for issue 15, not part of `make bench`: does a memory of the training pool help
 the classifier? (k nearest training images by the model's own embedding, their labels fused
-with the model's probabilities: the site store's `knn_fused_with_model` head, docs/SITE.md,
+with the model's probabilities: the site experiments' `knn_fused_with_model`, docs/SITE.md,
 with the pool's images as the taught examples.)
 
-    python bench/pool_memory_probe.py FOLD_DIR... [--data DIR] [--cache DIR] [--out FILE]
+    python bench/pool_memory_probe.py FOLD_DIR... [--site-head] [--data DIR] [--cache DIR]
+        [--out FILE]
 
 For each cross-validation fold model (a `crossval` fold folder, whose int8 model has the
 embedding output) it runs the daemon's classifier once over every image of the fold's split
-and keeps probabilities and embeddings (cached in ``--cache``):
+and keeps probabilities and embeddings (cached in ``--cache``, per model file):
 
 - the memory: the fold's training images (its ``train`` and ``val`` parts), clean, and one
   bin-camera view of each (drawn from their own seed);
 - the held-out fold (``test``), clean and under the very bin-camera views `crossval` scored
-  (drawn at 288 px from the fold seed + 7, in split order).
+  (the seed its report records, drawn at 288 px, in split order).
 
 The fusion's two settings, k and the weight of the neighbours' vote, are chosen on the
 fold's ``val`` part as queries against its ``train`` part only; the held-out fold is then
-scored once with the chosen settings against the whole memory (train and val). The model's
-With ``--site-head`` the same memory is also taught to the site head instead
-(`SiteHead.fit`: the model's own last layer refitted on those embeddings, docs/SITE.md) and
-the held-out fold scored through it. The model's own figure (no memory) is printed beside it; the probe stops if it is not the `crossval`
-report's (then these are not the views and images that report scored).
+scored once with the chosen settings against the whole memory (train and val). With
+``--site-head`` the same memory is also taught to the site head instead (`SiteHead.fit`: the
+model's own last layer refitted on those embeddings, docs/SITE.md) and the held-out fold
+scored through it. The model's own figures (no memory) are printed beside each; the probe
+stops if they are not the `crossval` report's (then these are not the views and images that
+report scored).
 """
 
 from __future__ import annotations
@@ -31,16 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bin_daemon.model.classifier import Classifier
+from bin_daemon.model.classifier import Classifier, sha256_file
 from bin_daemon.model.preprocess import load_image, resize
 from bin_daemon.site.head import SiteHead
-from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET
 from bin_daemon.training.card_metrics import _camera_view
 from bin_daemon.training.crossval import CAMERA_VIEWS_AT
+from bin_daemon.training.site_methods import unit
 from bin_daemon.training.split import read_split
 from bin_daemon.training.train import MODEL_FILE
 
-FOLD_SEED = 20261124  # crossval's default --fold-seed (the committed sweeps' folds)
 MEMORY_VIEWS_SEED = 424242  # the memory's own bin-camera views: not the test views' seed
 KS = (1, 3, 5, 10, 20)
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -59,8 +60,9 @@ def _run(classifier: Classifier, images, view=None) -> tuple[np.ndarray, np.ndar
     return np.stack(probs), np.stack(embeddings)
 
 
-def embed_fold(fold_dir: Path, data: Path, cache: Path) -> dict[str, np.ndarray]:
-    cached = cache / f"{fold_dir.parent.name}-{fold_dir.name}.npz"
+def embed_fold(fold_dir: Path, data: Path, cache: Path, test_views_seed: int) -> dict:
+    model_hash = sha256_file(fold_dir / MODEL_FILE)[:12]
+    cached = cache / f"{fold_dir.parent.name}-{fold_dir.name}-{model_hash}.npz"
     if cached.exists():
         return dict(np.load(cached))
     classifier = Classifier.load(fold_dir, num_threads=1)
@@ -72,7 +74,7 @@ def embed_fold(fold_dir: Path, data: Path, cache: Path) -> dict[str, np.ndarray]
         paths = [data / s.path for s in samples]
         out[f"{part}_y"] = np.array([labels.index(s.label) for s in samples], np.int16)
         out[f"{part}_p"], out[f"{part}_e"] = _run(classifier, paths)
-        seed = FOLD_SEED + TEST_VIEWS_SEED_OFFSET if part == "test" else MEMORY_VIEWS_SEED
+        seed = test_views_seed if part == "test" else MEMORY_VIEWS_SEED
         drawn = _camera_view(CAMERA_VIEWS_AT, seed)
 
         def view(image, drawn=drawn):
@@ -82,10 +84,6 @@ def embed_fold(fold_dir: Path, data: Path, cache: Path) -> dict[str, np.ndarray]
     cache.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(cached, **out)
     return out
-
-
-def _unit(e: np.ndarray) -> np.ndarray:
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
 
 
 def fused(
@@ -98,7 +96,7 @@ def fused(
     n_classes: int,
 ) -> np.ndarray:
     """log p_model + weight * log q_neighbours (q: the k nearest's label shares, smoothed)."""
-    sims = _unit(queries) @ _unit(memory).T
+    sims = unit(queries) @ unit(memory).T
     nearest = np.argsort(-sims, axis=1)[:, :k]
     votes = np.zeros((len(queries), n_classes))
     for j in range(k):
@@ -172,8 +170,7 @@ def probe_site_head(fold_dir: Path, f: dict[str, np.ndarray], with_camera_memory
     return figures
 
 
-def _check_against_crossval(fold_dir: Path, f: dict[str, np.ndarray]) -> None:
-    recorded = json.loads((fold_dir.parent / "crossval.json").read_text())
+def _check_against_crossval(fold_dir: Path, recorded: dict, f: dict[str, np.ndarray]) -> None:
     fold = int(fold_dir.name.split("-")[-1])
     row = next(r for r in recorded["per_fold"] if r["fold"] == fold)
     for key, part in (("accuracy", "test"), ("camera_accuracy", "test_cam")):
@@ -192,8 +189,9 @@ def main() -> int:
     args = parser.parse_args()
     report = {}
     for fold_dir in args.fold_dirs:
-        f = embed_fold(fold_dir, args.data, args.cache)
-        _check_against_crossval(fold_dir, f)
+        recorded = json.loads((fold_dir.parent / "crossval.json").read_text())
+        f = embed_fold(fold_dir, args.data, args.cache, recorded["camera_views"]["seed"])
+        _check_against_crossval(fold_dir, recorded, f)
         report[str(fold_dir)] = {
             "clean memory": probe_fold(f, with_camera_memory=False),
             "clean and bin-camera memory": probe_fold(f, with_camera_memory=True),
