@@ -179,6 +179,31 @@ def _check_against_crossval(fold_dir: Path, recorded: dict, f: dict[str, np.ndar
             raise SystemExit(f"{fold_dir}: {key} {measured} here, {row[key]} in its crossval.json")
 
 
+def probe(fold_dir: Path, args: argparse.Namespace) -> dict:
+    """One fold's figures (printed as they come)."""
+    recorded = json.loads((fold_dir.parent / "crossval.json").read_text())
+    f = embed_fold(fold_dir, args.data, args.cache, recorded["camera_views"]["seed"])
+    _check_against_crossval(fold_dir, recorded, f)
+    figures = {
+        "clean memory": probe_fold(f, with_camera_memory=False),
+        "clean and bin-camera memory": probe_fold(f, with_camera_memory=True),
+    }
+    if args.site_head:
+        for camera, variant in ((False, "clean"), (True, "clean and bin-camera")):
+            figures[f"site head taught the {variant} memory"] = probe_site_head(
+                fold_dir, f, with_camera_memory=camera
+            )
+    for variant, fig in figures.items():
+        chosen = f"k={fig['chosen_k']} w={fig['chosen_weight']}" if "chosen_k" in fig else ""
+        print(
+            f"{fold_dir} [{variant}]: {chosen} | clean "
+            f"{fig['clean_model']:.4f} -> {fig['clean_memory']:.4f} | camera "
+            f"{fig['camera_model']:.4f} -> {fig['camera_memory']:.4f}",
+            flush=True,
+        )
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("fold_dirs", type=Path, nargs="+")
@@ -189,26 +214,11 @@ def main() -> int:
     args = parser.parse_args()
     report = {}
     for fold_dir in args.fold_dirs:
-        recorded = json.loads((fold_dir.parent / "crossval.json").read_text())
-        f = embed_fold(fold_dir, args.data, args.cache, recorded["camera_views"]["seed"])
-        _check_against_crossval(fold_dir, recorded, f)
-        report[str(fold_dir)] = {
-            "clean memory": probe_fold(f, with_camera_memory=False),
-            "clean and bin-camera memory": probe_fold(f, with_camera_memory=True),
-        }
-        if args.site_head:
-            for camera, variant in ((False, "clean"), (True, "clean and bin-camera")):
-                report[str(fold_dir)][f"site head taught the {variant} memory"] = probe_site_head(
-                    fold_dir, f, with_camera_memory=camera
-                )
-        for variant, fig in report[str(fold_dir)].items():
-            chosen = f"k={fig['chosen_k']} w={fig['chosen_weight']}" if "chosen_k" in fig else ""
-            print(
-                f"{fold_dir} [{variant}]: {chosen} | clean "
-                f"{fig['clean_model']:.4f} -> {fig['clean_memory']:.4f} | camera "
-                f"{fig['camera_model']:.4f} -> {fig['camera_memory']:.4f}",
-                flush=True,
-            )
+        try:
+            report[str(fold_dir)] = probe(fold_dir, args)
+        except (OSError, KeyError, ValueError, StopIteration) as error:
+            print(f"pool_memory_probe: {fold_dir}: not a finished crossval fold ({error!r})")
+            return 2
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
     return 0
