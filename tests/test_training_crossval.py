@@ -434,6 +434,8 @@ def test_an_ensemble_of_a_sweep_with_itself_is_that_sweep(sweep, tmp_path, capsy
         folds = [row[key] for row in report["per_fold"]]
         assert result["summary"]["ensemble"][key]["folds"] == pytest.approx(folds, abs=1e-4)
         assert result["ensemble_gain_points_over_members_mean"][key]["mean"] == 0.0
+        for name in (f"{cv} (2)", "ensemble"):
+            assert result["points_against_first_sweep"][name][key]["folds"] == [0.0, 0.0]
     # a sweep shares every one of its errors with itself: the oracle is its own accuracy
     shared = result["shared_errors"]["int8"]
     wrong = round(24 * (1 - statistics.fmean(row["accuracy"] for row in report["per_fold"])))
@@ -442,6 +444,7 @@ def test_an_ensemble_of_a_sweep_with_itself_is_that_sweep(sweep, tmp_path, capsy
     assert len(shared["images_wrong_for_every_member"]) == wrong
     out = capsys.readouterr().out
     assert "| top-1 accuracy (int8) |" in out and "## Where the members' errors overlap" in out
+    assert f"## Paired against `{cv}`, fold by fold" in out
 
 
 def _fake_sweep(folder: Path, int8: list, folds_hash: str = "f" * 64) -> Path:
@@ -487,6 +490,11 @@ def test_an_ensemble_averages_probabilities_by_image(tmp_path, capsys):
     assert result["ensemble_gain_points_over_members_mean"]["accuracy"]["mean"] == pytest.approx(
         50.0
     )
+    # paired per fold against a: b loses a third of the images on each fold, the average wins one
+    against = result["points_against_first_sweep"]
+    assert against[str(two)]["accuracy"]["folds"] == pytest.approx([-100 / 3] * 2, abs=0.01)
+    assert against["ensemble"]["accuracy"]["folds"] == pytest.approx([100 / 3] * 2, abs=0.01)
+    assert against["ensemble"]["accuracy"]["std"] == 0.0
     # their errors never coincide: some member is right on every image
     shared = result["shared_errors"]["int8"]
     assert shared["wrong_per_member"] == {str(one): 2, str(two): 4}

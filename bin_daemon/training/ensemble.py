@@ -171,6 +171,14 @@ def compare(sweeps: list[Sweep]) -> dict:
         )
         for key, *_ in FIGURES
     }
+    first = rows[sweeps[0].name]
+    against_first = {  # paired fold by fold: the run-to-run noise of two seeds, or a gain
+        name: {
+            key: _spread([100 * (r[key] - f[key]) for r, f in zip(per_fold, first, strict=True)])
+            for key, *_ in FIGURES
+        }
+        for name, per_fold in list(rows.items())[1:]
+    }
     return {
         "sweeps": [s.name for s in sweeps],
         "folds": folds,
@@ -179,6 +187,7 @@ def compare(sweeps: list[Sweep]) -> dict:
         "per_fold": rows,
         "summary": summary,
         "ensemble_gain_points_over_members_mean": gain,
+        "points_against_first_sweep": against_first,
         "shared_errors": {
             kind: shared_errors(
                 paths,
@@ -267,8 +276,33 @@ def render(result: dict) -> str:
             + " | ".join(_cell(kind, result["summary"][n][key]) for n in names)
             + f" | {gain['mean']:+.2f} ± {gain['std']:.2f} |"
         )
+    lines += _against_first_lines(result, names)
     lines += _shared_errors_lines(result["shared_errors"])
     return "\n".join(lines) + "\n"
+
+
+def _against_first_lines(result: dict, names: list[str]) -> list[str]:
+    against = result["points_against_first_sweep"]
+    others = names[1:]
+    lines = [
+        "",
+        f"## Paired against `{names[0]}`, fold by fold (points)",
+        "",
+        "Mean ± sample sd of the per-fold differences, then the lowest and highest fold.",
+        "",
+        "| figure | " + " | ".join(f"`{n}`" if n != "ensemble" else n for n in others) + " |",
+        "|---|" + "---|" * len(others),
+    ]
+    for key, label, _, _ in FIGURES:
+        cells = []
+        for name in others:
+            s = against[name][key]
+            cells.append(
+                f"{s['mean']:+.2f} ± {s['std']:.2f} ({min(s['folds']):+.2f} to "
+                f"{max(s['folds']):+.2f})"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _shared_errors_lines(shared: dict) -> list[str]:
