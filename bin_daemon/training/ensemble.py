@@ -252,6 +252,11 @@ def _cell(kind: str, s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
+def _column(name: str) -> str:
+    """A sweep's folder as code; the ensemble's column as a word."""
+    return name if name == "ensemble" else f"`{name}`"
+
+
 def render(result: dict) -> str:
     names = [*result["sweeps"], "ensemble"]
     views = result["camera_views"]
@@ -265,7 +270,7 @@ def render(result: dict) -> str:
         "Mean ± sample sd over the folds.",
         "",
         "| figure | "
-        + " | ".join(f"`{n}`" if n != "ensemble" else n for n in names)
+        + " | ".join(map(_column, names))
         + " | ensemble minus members' mean (points) |",
         "|---|" + "---|" * (len(names) + 1),
     ]
@@ -290,7 +295,7 @@ def _against_first_lines(result: dict, names: list[str]) -> list[str]:
         "",
         "Mean ± sample sd of the per-fold differences, then the lowest and highest fold.",
         "",
-        "| figure | " + " | ".join(f"`{n}`" if n != "ensemble" else n for n in others) + " |",
+        "| figure | " + " | ".join(map(_column, others)) + " |",
         "|---|" + "---|" * len(others),
     ]
     for key, label, _, _ in FIGURES:
