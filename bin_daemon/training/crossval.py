@@ -294,6 +294,11 @@ def run(
         if results is None and score_only:
             log(f"fold {fold + 1}/{k}: not trained yet; --score-only trains nothing")
             continue
+        resume_dir = None if base.resume is None else base.resume / f"fold-{fold + 1}"
+        if results is None and resume_dir is not None and not resume_dir.is_dir():
+            # a fit-only sweep fitted in parts (training.fit_only): the rest comes later
+            log(f"fold {fold + 1}/{k}: not in {base.resume}; left unfinished")
+            continue
         if results is None:
             log(f"fold {fold + 1}/{k}: training")
             settings = dataclasses.replace(
@@ -302,7 +307,7 @@ def run(
                 split=split,
                 work_dir=base.work_dir / f"fold-{fold + 1}",
                 teachers=_teachers_for(base.teachers, fold, fold_hash),
-                resume=None if base.resume is None else base.resume / f"fold-{fold + 1}",
+                resume=resume_dir,
                 per_class_limit=None,
             )
             results = train(settings)
@@ -336,7 +341,10 @@ def run(
         (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         (out / MARKDOWN).write_text(render(report))
     if not rows:
-        raise BinDaemonError(f"{out}: no fold is trained yet; nothing to score (--score-only)")
+        raise BinDaemonError(
+            f"{out}: no fold is trained yet; nothing to score (--score-only, or --resume "
+            "from a folder without any fold)"
+        )
     log(f"wrote {out / REPORT}, {out / MARKDOWN} and {out / PREDICTIONS}")
     return report
 

@@ -51,8 +51,8 @@ def to_int8_tflite(model: keras.Model, representative: np.ndarray) -> bytes:
 def _to_int8_tflite(model: keras.Model, representative: np.ndarray) -> bytes:
 
     def samples() -> Iterator[list[np.ndarray]]:
-        for image in representative:
-            yield [image[None].astype(np.float32)]
+        for i, image in enumerate(representative):
+            yield [(pin_input_range(image) if i == 0 else image)[None].astype(np.float32)]
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -64,6 +64,16 @@ def _to_int8_tflite(model: keras.Model, representative: np.ndarray) -> bytes:
         # harmless: the uint8 input's range comes from the representative set
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()
+
+
+def pin_input_range(image: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` with one black and one white pixel: the converter takes the uint8
+    input's quantisation from the range the representative set shows, and the daemon feeds
+    raw pixels 0..255. Photos of items on a white board nearly always show both; a small or
+    dark set may not (the input would then cover 0..254, and the daemon refuses the model)."""
+    pinned = image.copy()
+    pinned[0, 0], pinned[0, 1] = 0, 255
+    return pinned
 
 
 def to_float_tflite(model: keras.Model) -> bytes:

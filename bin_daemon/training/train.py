@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -17,7 +16,7 @@ from bin_daemon.errors import BinDaemonError
 from bin_daemon.model.metrics import report
 from bin_daemon.model.preprocess import load_image, to_model_input
 from bin_daemon.training import calibration
-from bin_daemon.training.backbones import Backbone, efficientnet_lite, imagenet_weights
+from bin_daemon.training.backbones import Backbone, efficientnet_lite
 from bin_daemon.training.bias_correction import correct_biases
 from bin_daemon.training.camera_effects import (
     CORRUPTIONS,
@@ -27,15 +26,9 @@ from bin_daemon.training.camera_effects import (
     bin_camera_view,
     corrupted_view,
 )
-from bin_daemon.training.data import (
-    AugmentedBatches,
-    load_features,
-    load_for_training,
-    load_model_inputs,
-)
+from bin_daemon.training.data import load_model_inputs
 from bin_daemon.training.distill import (
     DistillBatches,
-    DistillCost,
     Teacher,
     Teachers,
     distillation_loss,
@@ -45,6 +38,22 @@ from bin_daemon.training.distill import (
 from bin_daemon.training.embedding_output import embedding_entry
 from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
 from bin_daemon.training.folds import HELD_OUT_FILE
+from bin_daemon.training.phases import (
+    WEIGHTS_FILE,
+    Progress,
+    TrainSettings,
+    augmented_batches,
+    choose_split,
+    class_weights,
+    fine_tune,
+    load_run_data,
+    log,
+    network,
+    settings_record,
+    starting_weights,
+    train_head,
+    training_loss,
+)
 from bin_daemon.training.qat import (
     Int8Conv2D,
     Int8DepthwiseConv2D,
@@ -52,112 +61,10 @@ from bin_daemon.training.qat import (
     copy_weights,
     fake_quant_tap,
 )
-from bin_daemon.training.split import (
-    Sample,
-    dataset_hash,
-    limit_per_class,
-    read_split,
-    scan_dataset,
-    stratified_split,
-    write_split,
-)
+from bin_daemon.training.split import Sample, dataset_hash, read_split, scan_dataset, write_split
 from bin_daemon.training.tflite_eval import TFLiteModel
 
 MODEL_FILE = "waste_classifier.tflite"
-
-
-@dataclass
-class TrainSettings:
-    data: Path
-    out: Path
-    backbone: str = "efficientnet-lite0"
-    input_size: int = 288
-    seed: int = 20261124
-    batch_size: int = 32
-    head_epochs: int = 60  # on cached features: cheap, early-stopped
-    head_views: int = 4  # augmented views per training image for the head's features
-    finetune_blocks: int | None = 12  # top groups (the 1x1 head conv counts as one); None = all
-    finetune_epochs: int = 30
-    head_lr: float = 1e-3
-    finetune_lr: float = 1e-4
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.1
-    patience: int = 5
-    # Early stopping watches only the second half of the cosine schedule: in the first, at a
-    # high rate, validation loss is noisy, and a 12-epoch stop restoring epoch 7 was seen.
-    early_stop_from: float = 0.5
-    dropout: float = 0.3
-    per_class_limit: int | None = None  # a tiny subset for the CI smoke test
-    cutmix_probability: float = 0.5
-    hard_view_probability: float = 0.4  # share of training views that are hard bin-camera views
-    export_sizes: tuple[int, ...] = (320, 352)  # inference sizes tried on validation too
-    work_dir: Path = Path("runs/latest")  # Keras weights (not shipped)
-    target_accepted_accuracy: float = 0.98
-    min_coverage: float = 0.85  # at most 15% of items "unsure" on validation
-    representative_count: int = 300
-    threads: int = 2
-    command: str = ""
-    extra: dict = field(default_factory=dict)
-    # --- issue 15: cross-validation folds, whole-pool training, distillation --------------
-    split: list[Sample] | None = None  # a given train/val/test split (a cross-validation fold)
-    # Whole pool: every image trains, fixed epochs, no validation, no early stopping, no test;
-    # temperature, unsure threshold and inference size come from ``calibration`` (the
-    # cross-validation's out-of-fold predictions, training.crossval).
-    all_data: bool = False
-    calibration: dict | None = None
-    teachers: tuple[Path, ...] = ()  # model folders; their soft labels are averaged
-    distill_alpha: float = 0.7  # weight of the soft (teacher) term
-    distill_temperature: float = 4.0
-    # Quantisation-aware fine-tuning (training.qat) after the fine-tuning, at the export size's
-    # activation ranges; 0 = none.
-    qat_epochs: int = 0
-    qat_lr: float = 1e-5
-    # Move each convolution's bias by minus the mean error of its int8-rounded kernel before
-    # the int8 export (training.bias_correction); not with QAT, which trained with the rounding.
-    bias_correction: bool = True
-    # A finished model folder of the same split: start from its Keras weights (its record's
-    # work_dir) and skip the head and fine-tuning phases (to add QAT to a trained sweep).
-    resume: Path | None = None
-    # ----------------------------------------------------------------------------------------
-
-
-class Progress(keras.callbacks.Callback):
-    """One line per epoch with the time the rest of the phase will take."""
-
-    def __init__(self, phase: str, epochs: int, log, every: int = 1):
-        super().__init__()
-        self.phase, self.epochs, self.log, self.every = phase, epochs, log, every
-        self.started = 0.0
-
-    def on_train_begin(self, logs=None):
-        self.started = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every:
-            return
-        logs = logs or {}
-        elapsed = time.monotonic() - self.started
-        left = elapsed / (epoch + 1) * (self.epochs - epoch - 1)
-        val = (
-            f"val_loss {logs['val_loss']:.3f} val_acc {logs.get('val_accuracy', 0):.3f}  "
-            if "val_loss" in logs
-            else ""
-        )
-        self.log(
-            f"{self.phase} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', 0):.3f} "
-            f"acc {logs.get('accuracy', 0):.3f} {val}"
-            f"({elapsed:.0f} s, at most {left:.0f} s left)"
-        )
-
-
-def _log(message: str) -> None:
-    print(f"[train {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def _class_weights(targets: np.ndarray, n_classes: int) -> dict[int, float]:
-    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
-    weights = np.sqrt(counts.max() / np.maximum(counts, 1))
-    return {i: float(w) for i, w in enumerate(weights)}
 
 
 def train(settings: TrainSettings) -> dict:
@@ -169,67 +76,31 @@ def train(settings: TrainSettings) -> dict:
     size = settings.input_size
 
     all_samples = scan_dataset(settings.data)
-    if settings.split is not None:
-        split = settings.split
-    elif settings.all_data:
-        pool = [Sample(s.path, s.label, s.sha256, "train") for s in all_samples]
-        split = limit_per_class(pool, settings.per_class_limit)
-    else:
-        split = limit_per_class(
-            stratified_split(all_samples, settings.seed), settings.per_class_limit
-        )
+    split = choose_split(settings, all_samples)
     write_split(split, out / "split.csv")
     labels = sorted({s.label for s in split})
-    index = {label: i for i, label in enumerate(labels)}
-    subsets = {name: [s for s in split if s.subset == name] for name in ("train", "val", "test")}
-    _log(
-        f"{len(split)} images, {len(labels)} classes: "
-        + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
-    )
-
-    has_val, has_test = bool(subsets["val"]), bool(subsets["test"])
-    if not has_val and not settings.all_data:
-        raise ValueError("no validation images: every class needs a few (or use all_data)")
-    if settings.all_data and not settings.calibration:
-        raise ValueError("whole-pool training needs the calibration of a cross-validation")
-    sizes = sorted({size, *settings.export_sizes}) if has_val else [size]
     teachers = _teachers(settings, labels)
     view_size = max(size, teachers.largest_size) if teachers else size
-    train_images = load_for_training(
-        settings.data,
-        subsets["train"],
-        short_side=max(round(view_size * 1.15), sizes[-1], _pool_size(settings)),
-    )
-    y_train = np.array([index[s.label] for s in subsets["train"]])
-    x_val = load_model_inputs(settings.data, subsets["val"], size)
-    y_val = np.array([index[s.label] for s in subsets["val"]], dtype=int)
+    data = load_run_data(settings, split, labels, view_size)
+    subsets, sizes, has_val, has_test = data.subsets, data.sizes, data.has_val, data.has_test
+    train_images, y_train = data.train_images, data.y_train
+    x_val, y_val, x_test, y_test = data.x_val, data.y_val, data.x_test, data.y_test
     test_originals = subsets["test"]
-    x_test = load_model_inputs(settings.data, test_originals, size)
-    y_test = np.array([index[s.label] for s in test_originals], dtype=int)
-    _log(f"images decoded in {time.monotonic() - started:.0f} s")
+    log(f"images decoded in {time.monotonic() - started:.0f} s")
 
-    backbone = efficientnet_lite(settings.backbone, size, imagenet_weights(settings.backbone))
-    head = keras.layers.Dense(len(labels), name="classes")
-    dropout = keras.layers.Dropout(settings.dropout, name="head_dropout")
-    logits = head(dropout(backbone.model.output))
-    model = keras.Model(backbone.model.input, logits)
-    loss = keras.losses.CategoricalCrossentropy(
-        from_logits=True, label_smoothing=settings.label_smoothing
-    )
+    model, backbone, (dropout, head) = network(settings, len(labels), starting_weights(settings))
+    loss = training_loss(settings)
 
     def onehot(y):
         return keras.utils.to_categorical(y, len(labels))
 
-    class_weight = _class_weights(y_train, len(labels))
-    batch_args = (train_images, onehot(y_train), size, settings.batch_size, settings.seed)
-    batch_kwargs = {
-        "cutmix_probability": settings.cutmix_probability,
-        "hard_probability": settings.hard_view_probability,
-    }
+    class_weight = class_weights(y_train, len(labels))
     if teachers:
-        batches = DistillBatches(
-            *batch_args,
-            **batch_kwargs,
+        batches = augmented_batches(
+            settings,
+            data,
+            onehot(y_train),
+            cls=DistillBatches,
             teachers=teachers,
             view_size=view_size,
             class_weight=class_weight,
@@ -242,7 +113,7 @@ def train(settings: TrainSettings) -> dict:
             else None
         )
     else:
-        batches = AugmentedBatches(*batch_args, **batch_kwargs)
+        batches = augmented_batches(settings, data, onehot(y_train))
         val_targets = onehot(y_val)
     val = (x_val.astype(np.float32), val_targets) if has_val else None
 
@@ -257,21 +128,22 @@ def train(settings: TrainSettings) -> dict:
             ),
             "metrics": [hard_accuracy(len(labels))],
         }
+    resumed: dict = {}
     if settings.resume is not None:
         resumed = _resume(settings.resume, split, model)
         head_epochs_run, head_best = resumed["head_epochs_run"], resumed["head_best_epoch"]
         epochs_run, best_epoch = resumed["finetune_epochs_run"], resumed["finetune_best_epoch"]
     else:
-        head_epochs_run, head_best = _train_head(
+        head_epochs_run, head_best = train_head(
             settings, backbone, (dropout, head), loss, train_images, y_train,
             (x_val, y_val), class_weight,
         )  # fmt: skip
-        epochs_run, best_epoch = _fine_tune(
+        epochs_run, best_epoch = fine_tune(
             settings, backbone, model, batches, val, class_weight, compile_args, teachers
         )
     train_seconds = time.monotonic() - started
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    model.save_weights(settings.work_dir / "classifier.weights.h5")
+    model.save_weights(settings.work_dir / WEIGHTS_FILE)
 
     # Random crops showed objects larger in training than a whole-square view does: choose the
     # inference size on validation (FixRes); the convolutions and head work at any size.
@@ -290,7 +162,7 @@ def train(settings: TrainSettings) -> dict:
         )
     if has_val:
         export_size = max(sizes, key=lambda c: (scores[c], -c))
-        _log(
+        log(
             "validation accuracy by input size: "
             + ", ".join(f"{c}px {a:.3f}" for c, (a, _) in scores.items())
             + f" -> {export_size}px"
@@ -298,7 +170,7 @@ def train(settings: TrainSettings) -> dict:
     else:
         assert settings.calibration is not None
         export_size = int(settings.calibration.get("input_size") or size)
-        _log(f"inference size {export_size}px, as the cross-validation's folds chose")
+        log(f"inference size {export_size}px, as the cross-validation's folds chose")
     if export_size != size:
         model = _at_size(model, settings.backbone, export_size, len(labels))
         size = export_size
@@ -329,7 +201,7 @@ def train(settings: TrainSettings) -> dict:
     if has_val:
         val_logits = model.predict(x_val.astype(np.float32), verbose=0)
         temperature = calibration.fit_temperature(val_logits, y_val)
-        _log(
+        log(
             f"temperature {temperature:.3f} (val NLL "
             f"{calibration.nll(val_logits, y_val, 1.0):.4f} -> "
             f"{calibration.nll(val_logits, y_val, temperature):.4f})"
@@ -337,7 +209,7 @@ def train(settings: TrainSettings) -> dict:
     else:
         assert settings.calibration is not None
         temperature = float(settings.calibration["temperature"])
-        _log(f"temperature {temperature:.3f}, fitted on the folds' out-of-fold logits")
+        log(f"temperature {temperature:.3f}, fitted on the folds' out-of-fold logits")
     if has_test:  # held-out logits (before temperature): cross-validation pools them
         np.savez(
             out / HELD_OUT_FILE,
@@ -350,7 +222,7 @@ def train(settings: TrainSettings) -> dict:
     if settings.bias_correction and not settings.qat_epochs:  # QAT trained its biases rounded
         exported = _at_size(exported, settings.backbone, size, len(labels))  # a copy
         bias_record = correct_biases(exported, representative)
-        _log(
+        log(
             f"int8 bias correction: {bias_record['layers']} convolutions, largest shift "
             f"{bias_record['largest_shift']:g}"
         )
@@ -371,7 +243,7 @@ def train(settings: TrainSettings) -> dict:
             size,
             settings.seed + VAL_VIEWS_SEED_OFFSET,
         )
-        _log(f"validation under bin-camera conditions: {val_bin_camera:.3f}")
+        log(f"validation under bin-camera conditions: {val_bin_camera:.3f}")
     else:
         assert settings.calibration is not None
         threshold = float(settings.calibration["unsure_threshold"])
@@ -383,12 +255,12 @@ def train(settings: TrainSettings) -> dict:
         test_float = float_tfl.predict(x_test)
         int8_report = report(labels, y_test, test_int8.argmax(1))
         float_report = report(labels, y_test, test_float.argmax(1))
-        _log(
+        log(
             f"test: float {float_report.accuracy:.4f}, int8 {int8_report.accuracy:.4f}, "
             f"macro-F1 {int8_report.macro_f1:.4f}, min recall {int8_report.min_recall:.3f}"
         )
         robustness = _robustness(int8, settings, test_originals, y_test, labels, size)
-        _log("bin-camera: " + ", ".join(f"{k} {v:.3f}" for k, v in robustness.items()))
+        log("bin-camera: " + ", ".join(f"{k} {v:.3f}" for k, v in robustness.items()))
     int8_latency = int8.latency_ms(representative[0])
     float_latency = float_tfl.latency_ms(representative[0])
 
@@ -434,13 +306,19 @@ def train(settings: TrainSettings) -> dict:
         "qat": qat_record,
         "bias_correction": bias_record,
         "training": {
-            **_settings_record(settings),
+            **settings_record(settings),
             "finetune_epochs_run": epochs_run,
             "finetune_best_epoch": best_epoch,
             "head_epochs_run": head_epochs_run,
             "head_best_epoch": head_best,
             "train_seconds": round(train_seconds, 1),
             "total_seconds": round(time.monotonic() - started, 1),
+            # where the resumed run's phases ran (a fit-only run: its backend and device)
+            **{
+                f"resumed_{key}": resumed[key]
+                for key in ("fitted_on", "train_seconds")
+                if key in resumed
+            },
         },
     }
     if teachers:
@@ -457,111 +335,8 @@ def train(settings: TrainSettings) -> dict:
             ),
         }
     (out / "training_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    _log(f"done in {time.monotonic() - started:.0f} s")
+    log(f"done in {time.monotonic() - started:.0f} s")
     return results
-
-
-def _train_head(
-    settings: TrainSettings,
-    backbone: Backbone,
-    head: tuple[keras.layers.Layer, ...],
-    loss: keras.losses.Loss,
-    train_images: list[np.ndarray],
-    y_train: np.ndarray,
-    validation: tuple[np.ndarray, np.ndarray],
-    class_weight: dict[int, float],
-) -> tuple[int, int]:
-    """Phase 1: the head (its layers: dropout, class layer) on cached features of the frozen
-    backbone; returns the epochs run and the epoch kept."""
-    size = backbone.input_size
-    x_val, y_val = validation
-    has_val = len(y_val) > 0
-    n_classes = head[-1].units
-
-    def onehot(y):
-        return keras.utils.to_categorical(y, n_classes)
-
-    _log(f"phase 1: head on frozen features of {settings.head_views} views per image")
-    features_in = load_features(
-        backbone.model, train_images, size, settings.head_views, settings.seed
-    )
-    head_model = keras.Sequential([keras.Input(features_in.shape[1:]), *head])
-    head_model.compile(keras.optimizers.Adam(settings.head_lr), loss, metrics=["accuracy"])
-    head_stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=8, restore_best_weights=True
-    )
-    head_history = head_model.fit(
-        features_in,
-        onehot(np.tile(y_train, settings.head_views)),
-        epochs=settings.head_epochs,
-        batch_size=64,
-        validation_data=(
-            (backbone.model.predict(x_val.astype(np.float32), verbose=0), onehot(y_val))
-            if has_val
-            else None
-        ),
-        class_weight=class_weight,
-        verbose=0,
-        callbacks=[
-            *([head_stop] if has_val else []),
-            Progress("head", settings.head_epochs, _log, every=10),
-        ],
-    )
-    head_epochs_run = len(head_history.history["loss"])
-    head_best = head_stop.best_epoch + 1 if has_val else head_epochs_run
-    return head_epochs_run, head_best
-
-
-def _fine_tune(
-    settings: TrainSettings,
-    backbone: Backbone,
-    model: keras.Model,
-    batches: keras.utils.PyDataset,
-    val: tuple[np.ndarray, np.ndarray] | None,
-    class_weight: dict[int, float],
-    compile_args: dict,
-    teachers: Teachers | None,
-) -> tuple[int, int]:
-    """Phase 2: fine-tune the top ``finetune_blocks`` groups (distilling if ``teachers``);
-    returns the epochs run and the epoch kept."""
-    has_val = val is not None
-    stop = finetune_early_stopping(settings)
-    backbone.model.trainable = True
-    frozen = backbone.frozen_below(settings.finetune_blocks)
-    _log(f"fine-tuning the top {settings.finetune_blocks} blocks; {frozen} layers stay frozen")
-    steps = len(batches) * settings.finetune_epochs
-    schedule = keras.optimizers.schedules.CosineDecay(
-        settings.finetune_lr, decay_steps=steps, alpha=0.02
-    )
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay)
-    callbacks: list[keras.callbacks.Callback] = []
-    model.compile(optimizer, **compile_args)
-    if teachers:
-        callbacks.append(DistillCost(teachers, len(batches), _log))
-        _log(
-            f"distilling from {len(teachers.teachers)} teacher(s) at "
-            + ", ".join(f"{t.size} px" for t in teachers.teachers)
-            + f" (alpha {settings.distill_alpha}, T {settings.distill_temperature}); views "
-            f"drawn at {batches.view_size} px"
-        )
-    if has_val:
-        callbacks.append(stop)
-    _log(
-        f"phase 2: fine-tuning, {settings.finetune_epochs} epochs"
-        + (" at most" if has_val else " (whole pool: no validation, no early stopping)")
-    )
-    history = model.fit(
-        batches,
-        epochs=settings.finetune_epochs,
-        validation_data=val,
-        class_weight=None if teachers else class_weight,
-        verbose=0,
-        callbacks=[*callbacks, Progress("fine-tune", settings.finetune_epochs, _log)],
-    )
-    epochs_run = len(history.history["loss"])
-    # the epoch whose weights were kept (EarlyStopping restores the best one)
-    best_epoch = stop.best_epoch + 1 if has_val and stop.best_weights is not None else epochs_run
-    return epochs_run, best_epoch
 
 
 def _resume(folder: Path, split: list[Sample], model: keras.Model) -> dict:
@@ -577,11 +352,14 @@ def _resume(folder: Path, split: list[Sample], model: keras.Model) -> dict:
         ) from error
     if not same_split:
         raise BinDaemonError(f"--resume {folder}: trained on another split than this run's")
-    weights = Path(record["work_dir"]) / "classifier.weights.h5"
+    # a fit-only run (training.fit_only) keeps its weights in its folder
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        weights = Path(record["work_dir"]) / WEIGHTS_FILE
     if not weights.is_file():
         raise BinDaemonError(f"--resume {folder}: its Keras weights {weights} are gone")
     model.load_weights(weights)
-    _log(f"resumed from {weights} (the head and fine-tuning phases of {folder})")
+    log(f"resumed from {weights} (the head and fine-tuning phases of {folder})")
     return record
 
 
@@ -628,7 +406,7 @@ def _quantisation_aware(
     trainee.compile(
         keras.optimizers.AdamW(schedule, weight_decay=settings.weight_decay), **compile_args
     )
-    _log(
+    log(
         f"phase 3: quantisation-aware fine-tuning, {settings.qat_epochs} epochs at "
         f"{settings.qat_lr:g}, every layer, int8-rounded kernels, {len(ranges)} fake-quantised "
         "activations"
@@ -638,13 +416,13 @@ def _quantisation_aware(
         epochs=settings.qat_epochs,
         class_weight=None if settings.teachers else class_weight,
         verbose=0,
-        callbacks=[Progress("QAT", settings.qat_epochs, _log)],
+        callbacks=[Progress("QAT", settings.qat_epochs, log)],
     )
     quantised = _at_size(trainee, settings.backbone, size, n_classes, ranges, int8_weights=True)
     widths = sorted(hi - lo for lo, hi in ranges.values())
     after = val_accuracy(quantised)
     if after is not None:
-        _log(
+        log(
             f"validation accuracy: float {before['val_float']:.3f}, fake-quantised "
             f"{before['val_fake_quant_before']:.3f} before QAT and {after:.3f} after"
         )
@@ -664,45 +442,12 @@ def _quantisation_aware(
     )
 
 
-def _settings_record(settings: TrainSettings) -> dict:
-    """The settings as JSON values (the split itself is in split.csv, not here)."""
-    record = {}
-    for key, value in asdict(settings).items():
-        if key in {"split", "calibration"}:
-            continue
-        if isinstance(value, Path):
-            value = str(value)
-        elif key == "teachers":
-            value = [str(v) for v in value]
-        record[key] = value
-    return record
-
-
-def _pool_size(settings: TrainSettings) -> int:
-    """The inference size whole-pool training exports at (the folds' choice), else 0."""
-    return int((settings.calibration or {}).get("input_size") or 0)
-
-
 def _teachers(settings: TrainSettings, labels: list[str]) -> Teachers | None:
     if not settings.teachers:
         return None
     return Teachers(
         [Teacher(Path(t), labels, settings.threads) for t in settings.teachers],
         settings.distill_temperature,
-    )
-
-
-def finetune_early_stopping(settings: TrainSettings) -> keras.callbacks.EarlyStopping:
-    """Stop fine-tuning when validation loss stops falling, watching only the schedule's tail.
-
-    Neither the stop nor the weights restored at the end come from the first
-    ``early_stop_from`` share of the epochs.
-    """
-    return keras.callbacks.EarlyStopping(
-        monitor="val_loss",
-        patience=settings.patience,
-        restore_best_weights=True,
-        start_from_epoch=int(settings.finetune_epochs * settings.early_stop_from),
     )
 
 
