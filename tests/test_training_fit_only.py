@@ -138,7 +138,7 @@ def test_fit_only_leaves_each_folds_split_weights_and_record(fitted):
             "classifier.weights.h5", "split.csv", "training_results.json",
         ]  # fmt: skip
         record = json.loads((folder / "training_results.json").read_text())["training"]
-        assert record["fitted_on"] == f"Keras {keras.__version__} on tensorflow, cpu"
+        assert record["fitted_on"] == f"Keras {keras.__version__} on tensorflow, cpu:0"
         assert record["finetune_epochs_run"] == 1 and record["input_size"] == 96
         with h5py.File(folder / "classifier.weights.h5") as weights:
             assert "optimizer" not in weights and "layers" in weights

@@ -300,7 +300,7 @@ def _fit_only(args: argparse.Namespace) -> int:
             f"fitted {record['out']}: best fine-tuning epoch {record['finetune_best_epoch']} of "
             f"{record['finetune_epochs_run']}, {record['train_seconds']:.0f} s "
             f"({record['fitted_on']}); export and score: the same command with --resume "
-            f"{args.out} instead of --fit-only",
+            f"{args.out} instead of --fit-only and --fold",
             flush=True,
         )
     return 0

@@ -156,22 +156,19 @@ def network_weights_only(source: Path, target: Path, half: bool = False) -> Path
 
 
 def backend_description() -> str:
-    """The Keras backend and the device it computes on, for the training record."""
+    """The Keras backend and the devices it computes on, for the training record: the
+    accelerator's model where the backend names it (JAX, torch), else Keras's device list."""
     name = keras.backend.backend()
-    device = "cpu"
+    devices = ", ".join(keras.distribution.list_devices())
     if name == "jax":
         import jax
 
-        device = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+        devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
     elif name == "torch":
         import torch
 
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    elif name == "tensorflow":
-        import tensorflow as tf
-
-        device = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
-    return f"Keras {keras.__version__} on {name}, {device}"
+        devices = torch.cuda.get_device_name() if torch.cuda.is_available() else devices
+    return f"Keras {keras.__version__} on {name}, {devices}"
 
 
 def pack_imagenet_weights(variant: str, path: Path) -> Path:

@@ -376,11 +376,14 @@ def load_run_data(
 
 
 def augmented_batches(
-    settings: TrainSettings, data: RunData, targets: np.ndarray, **extra
+    settings: TrainSettings,
+    data: RunData,
+    targets: np.ndarray,
+    cls: type[AugmentedBatches] = AugmentedBatches,
+    **extra,
 ) -> AugmentedBatches:
-    """The fine-tuning batches of ``data``'s training images (``targets``: their one-hot or
-    soft labels); ``extra``: a distillation's (``cls`` and its arguments)."""
-    cls = extra.pop("cls", AugmentedBatches)
+    """The fine-tuning batches of ``data``'s training images (``targets``: their one-hot
+    labels); a distillation passes its batch class and that class's own arguments."""
     return cls(
         data.train_images,
         targets,
