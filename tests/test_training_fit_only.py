@@ -199,3 +199,13 @@ def test_the_int8_input_always_covers_every_pixel_value():
     assert pinned.min() == 0 and pinned.max() == 255
     assert (grey == 128).all()  # a copy: the representative set itself is untouched
     assert (pinned != grey).any(axis=2).sum() == 2  # two pixels changed, nothing else
+
+
+def test_resuming_with_other_recipe_flags_is_refused(fitted, tmp_path, capsys):
+    """Its report would otherwise name this command's recipe for weights trained another way."""
+    data, fits, _ = fitted
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "cv"), "--folds", "2", *TINY]
+    assert main([*args, "--resume", str(fits), "--finetune-blocks", "18"]) != 0
+    error = capsys.readouterr().err
+    assert "trained with other recipe settings: finetune_blocks 12 (this command: 18)" in error
+    assert not (tmp_path / "cv" / "crossval.json").exists()

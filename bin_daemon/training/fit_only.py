@@ -105,13 +105,13 @@ def fit(settings: TrainSettings) -> dict:
 def fit_folds(base: TrainSettings, k: int, fold_seed: int, only: list[int]) -> list[dict]:
     """Fit folds ``only`` (1-based; all if empty) of the k-fold cross-validation that
     ``bin-daemon train --folds k`` runs: the same folds, splits and folder names."""
+    chosen = only or list(range(1, k + 1))
+    if not all(1 <= n <= k for n in chosen):
+        raise ValueError(f"--fold {chosen}: folds are numbered 1 to {k}")
     samples = limit_per_class(scan_dataset(base.data), base.per_class_limit)
     folds = stratified_kfold(samples, k, fold_seed)
     base.out.mkdir(parents=True, exist_ok=True)
     write_folds(samples, folds, base.out / "folds.csv")
-    chosen = only or list(range(1, k + 1))
-    if not all(1 <= n <= k for n in chosen):
-        raise ValueError(f"--fold {chosen}: folds are numbered 1 to {k}")
     results = []
     for n in chosen:
         log(f"fold {n}/{k}: fitting")

@@ -28,6 +28,23 @@ if TYPE_CHECKING:
     from bin_daemon.training.distill import Teachers
 
 WEIGHTS_FILE = "classifier.weights.h5"
+# The settings that shape the trained weights: a --resume run must name the same (the export's
+# own settings, bias correction and QAT, may change; the epoch limit too: the record keeps the
+# epochs run and kept)
+FITTING_KEYS = (
+    "backbone",
+    "input_size",
+    "seed",
+    "batch_size",
+    "head_views",
+    "finetune_blocks",
+    "finetune_lr",
+    "weight_decay",
+    "label_smoothing",
+    "dropout",
+    "cutmix_probability",
+    "hard_view_probability",
+)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from bin_daemon.training.embedding_output import embedding_entry
 from bin_daemon.training.export import inference_model, to_float_tflite, to_int8_tflite
 from bin_daemon.training.folds import HELD_OUT_FILE
 from bin_daemon.training.phases import (
+    FITTING_KEYS,
     WEIGHTS_FILE,
     Progress,
     TrainSettings,
@@ -130,7 +131,7 @@ def train(settings: TrainSettings) -> dict:
         }
     resumed: dict = {}
     if settings.resume is not None:
-        resumed = _resume(settings.resume, split, model)
+        resumed = _resume(settings, split, model)
         head_epochs_run, head_best = resumed["head_epochs_run"], resumed["head_best_epoch"]
         epochs_run, best_epoch = resumed["finetune_epochs_run"], resumed["finetune_best_epoch"]
     else:
@@ -339,9 +340,11 @@ def train(settings: TrainSettings) -> dict:
     return results
 
 
-def _resume(folder: Path, split: list[Sample], model: keras.Model) -> dict:
-    """Load the Keras weights of the finished run in ``folder`` (same split) into ``model``;
-    returns that run's training record."""
+def _resume(settings: TrainSettings, split: list[Sample], model: keras.Model) -> dict:
+    """Load the Keras weights of the finished run in ``settings.resume`` (same split, same
+    training recipe) into ``model``; returns that run's training record."""
+    folder = settings.resume
+    assert folder is not None
     try:
         record = json.loads((folder / "training_results.json").read_text())["training"]
         same_split = read_split(folder / "split.csv") == split
@@ -352,6 +355,16 @@ def _resume(folder: Path, split: list[Sample], model: keras.Model) -> dict:
         ) from error
     if not same_split:
         raise BinDaemonError(f"--resume {folder}: trained on another split than this run's")
+    differences = [
+        f"{key} {record[key]!r} (this command: {getattr(settings, key)!r})"
+        for key in FITTING_KEYS
+        if key in record and record[key] != getattr(settings, key)
+    ]
+    if differences:  # its report would name this command's recipe for that run's weights
+        raise BinDaemonError(
+            f"--resume {folder}: trained with other recipe settings: {'; '.join(differences)}; "
+            "give the flags it was trained with"
+        )
     # a fit-only run (training.fit_only) keeps its weights in its folder
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
