@@ -21,6 +21,8 @@ from bin_daemon.cli import main
 keras = pytest.importorskip("keras", reason="needs the [train] extra")
 pytest.importorskip("tensorflow", reason="needs the [train] extra")
 
+from bin_daemon.errors import BinDaemonError  # noqa: E402
+from bin_daemon.training.fit_only import main as main_pack  # noqa: E402
 from bin_daemon.training.fit_only import network_weights_only, pack_imagenet_weights  # noqa: E402
 from bin_daemon.training.phases import TrainSettings, starting_weights  # noqa: E402
 
@@ -75,6 +77,15 @@ def test_packed_imagenet_weights_are_the_packages_without_its_classifier(tmp_pat
     assert set(loaded) == {k for k in original if not k.startswith("_fc.")}
     assert "_fc.weight" in original and "_conv_stem.weight" in loaded
     assert all(np.array_equal(loaded[k], original[k]) for k in loaded)
+    lite2 = TrainSettings(
+        data=Path("."), out=Path("."), backbone="efficientnet-lite2", imagenet_weights=packed
+    )
+    with pytest.raises(BinDaemonError, match="packed for efficientnet-lite0, this run trains"):
+        starting_weights(lite2)
+    missing = TrainSettings(data=Path("."), out=Path("."), imagenet_weights=tmp_path / "no.npz")
+    with pytest.raises(BinDaemonError, match=r"not readable as packed weights.*pack-weights"):
+        starting_weights(missing)
+    assert main_pack(["pack-weights", str(tmp_path / "no-such-dir" / "x.npz")]) == 2
 
 
 def _module_imports(module: str) -> set[str]:
@@ -107,7 +118,7 @@ def test_fitting_imports_no_tensorflow_at_module_level():
     assert "tensorflow" not in outside and "bin_daemon.training.export" not in seen
     assert outside <= {"__future__", "argparse", "collections", "cv2", "dataclasses"} | {
         "hashlib", "csv", "json", "keras", "math", "numpy", "pathlib", "pickle", "random",
-        "struct", "time", "typing", "os", "importlib",
+        "struct", "sys", "time", "typing", "os", "importlib",
     }  # fmt: skip
 
 

