@@ -88,6 +88,23 @@ def test_packed_imagenet_weights_are_the_packages_without_its_classifier(tmp_pat
     assert main_pack(["pack-weights", str(tmp_path / "no-such-dir" / "x.npz")]) == 2
 
 
+def test_half_packed_imagenet_weights_load_as_float32_within_float16_rounding(tmp_path):
+    full = pack_imagenet_weights("efficientnet-lite0", tmp_path / "full.npz")
+    assert main_pack(["pack-weights", str(tmp_path / "half.npz"), "--half"]) == 0
+    half = tmp_path / "half.npz"
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    with np.load(half) as stored:
+        assert stored["_conv_stem.weight"].dtype == np.float16
+    loaded = starting_weights(TrainSettings(data=Path("."), out=Path("."), imagenet_weights=half))
+    exact = starting_weights(TrainSettings(data=Path("."), out=Path("."), imagenet_weights=full))
+    assert set(loaded) == set(exact)
+    for key, value in exact.items():
+        assert loaded[key].dtype == value.dtype  # floats back to float32, counters unchanged
+        if value.dtype == np.float32:
+            assert loaded[key] == pytest.approx(value, rel=2**-10, abs=1e-7)
+    assert not np.array_equal(loaded["_conv_stem.weight"], exact["_conv_stem.weight"])
+
+
 def _module_imports(module: str) -> set[str]:
     """The modules ``module`` imports when it is imported (module level, not in functions)."""
     tree = ast.parse((PACKAGE.parent / (module.replace(".", "/") + ".py")).read_text())

