@@ -105,6 +105,21 @@ def test_half_packed_imagenet_weights_load_as_float32_within_float16_rounding(tm
     assert not np.array_equal(loaded["_conv_stem.weight"], exact["_conv_stem.weight"])
 
 
+def test_half_packing_refuses_a_weight_beyond_float16s_range(tmp_path, monkeypatch, capsys):
+    import bin_daemon.training.fit_only as fit_only
+
+    large = {"_conv_stem.weight": np.array([1.0, 7e4], np.float32)}
+    monkeypatch.setattr(fit_only, "imagenet_weights", lambda variant: large)
+    with pytest.raises(BinDaemonError, match=r"_conv_stem\.weight exceeds float16's range"):
+        pack_imagenet_weights("efficientnet-lite0", tmp_path / "half.npz", half=True)
+    assert main_pack(["pack-weights", str(tmp_path / "half.npz"), "--half"]) == 2
+    assert "pack without --half" in capsys.readouterr().err
+    assert not (tmp_path / "half.npz").exists()
+    pack_imagenet_weights("efficientnet-lite0", tmp_path / "full.npz")  # float32 keeps it
+    with np.load(tmp_path / "full.npz") as stored:
+        assert stored["_conv_stem.weight"][1] == np.float32(7e4)
+
+
 def _module_imports(module: str) -> set[str]:
     """The modules ``module`` imports when it is imported (module level, not in functions)."""
     tree = ast.parse((PACKAGE.parent / (module.replace(".", "/") + ".py")).read_text())
