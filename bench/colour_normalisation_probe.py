@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bin_daemon.errors import BinDaemonError
 from bin_daemon.model.classifier import Classifier
 from bin_daemon.model.preprocess import load_image
 from bin_daemon.training.card_metrics import _camera_view
@@ -56,12 +57,19 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/trashnet"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    report = load_report(args.sweep)
+    try:
+        return probe(args.sweep, args.data, args.out)
+    except BinDaemonError as error:  # no report, no fold model, an unreadable image: one line
+        raise SystemExit(f"colour_normalisation_probe: {error}") from None
+
+
+def probe(sweep: Path, data: Path, out: Path | None) -> int:
+    report = load_report(sweep)
     seed = int(report["camera_views"]["seed"])
     folds = {}
     for recorded in report["per_fold"]:
         fold = recorded["fold"]
-        figures = fold_figures(args.sweep / f"fold-{fold}", args.data, seed)
+        figures = fold_figures(sweep / f"fold-{fold}", data, seed)
         for ours, theirs in (("clean", "accuracy"), ("camera", "camera_accuracy")):
             if abs(figures[ours] - recorded[theirs]) > 1e-4:
                 raise SystemExit(
@@ -74,7 +82,7 @@ def main() -> int:
         for kind in ("clean", "camera")
     }
     summary = {
-        "sweep": str(args.sweep),
+        "sweep": str(sweep),
         "per_fold": folds,
         **{
             f"{kind}_gain_points": {
@@ -86,8 +94,8 @@ def main() -> int:
         },
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "per_fold"}, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    if out:
+        out.write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 
 
