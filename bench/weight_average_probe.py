@@ -17,7 +17,7 @@ the input size the first sweep's fold chose:
 
 - each member alone (the first member's clean figure is checked against the float figure
   its report recorded: else these are not that report's images);
-- the members' softmax outputs averaged (the two-model cost of an output average);
+- the members' softmax outputs averaged (at the members' summed cost);
 - the uniform soup: every weight averaged (batch-norm statistics too);
 - the greedy soup: members in order of their validation accuracy, each kept only if the
   soup's validation accuracy (the fold's ``val`` part, clean) does not drop.
@@ -40,12 +40,8 @@ from bin_daemon.training.card_metrics import _camera_view
 from bin_daemon.training.crossval import CAMERA_VIEWS_AT
 from bin_daemon.training.folds import fold_split, folds_hash, stratified_kfold
 from bin_daemon.training.phases import WEIGHTS_FILE, TrainSettings, network, starting_weights
+from bin_daemon.training.site_methods import softmax
 from bin_daemon.training.split import scan_dataset
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _accuracy(scores: np.ndarray, y: np.ndarray) -> float:
@@ -104,7 +100,7 @@ def probe_fold(fold: int, sweeps: list[str], reports: list[dict], args) -> dict:
         scored[name] = {}
         for part in ("test", "camera"):
             logits = f.logits(weights, part)
-            outputs[part].append(_softmax(logits))
+            outputs[part].append(softmax(logits))
             scored[name][part] = _accuracy(logits, f.y[part])
         val_accuracy.append(_accuracy(f.logits(weights, "val"), f.y["val"]))
         scored[name]["val"] = val_accuracy[-1]
