@@ -139,8 +139,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
-    reports = [json.loads((args.reports / s / "crossval.json").read_text()) for s in args.sweeps]
-    folds = {fold: probe_fold(fold, args.sweeps, reports, args) for fold in args.folds}
+    try:
+        reports = [
+            json.loads((args.reports / s / "crossval.json").read_text()) for s in args.sweeps
+        ]
+        folds = {fold: probe_fold(fold, args.sweeps, reports, args) for fold in args.folds}
+    except (OSError, KeyError, ValueError, StopIteration) as error:
+        print(
+            f"weight_average_probe: {error}; each sweep needs {args.reports}/SWEEP/crossval.json "
+            f"and {args.work}/SWEEP/fold-K/{WEIGHTS_FILE} for every fold asked"
+        )
+        return 2
     names = list(folds[args.folds[0]])
     summary = {}
     for name in names:
