@@ -302,6 +302,51 @@ def test_an_interrupted_crossval_leaves_its_finished_folds_marked_partial(
         crossval._teachers_for((partial,), 1, report["folds_hash"])
 
 
+def test_a_sweep_continues_on_another_machine_from_its_recorded_report(
+    sweep, tmp_path, monkeypatch, capsys
+):
+    """Fold 1 was trained elsewhere: only its report and outputs are here. Fold 2 alone is
+    trained, and the finished report is the one a single machine made."""
+    import bin_daemon.training.train as training
+
+    data, cv, _ = sweep
+    moved = tmp_path / "cv"
+    shutil.copytree(cv / "fold-1", moved / "fold-1")
+    args = ["train", "--data", str(data), "--out", str(moved), "--folds", "2", *TINY, *EPOCHS]
+    args += ["--work-dir", str(tmp_path / "work")]
+    assert main([*args, "--score-only"]) == 0  # fold 1's partial report, as committed
+    shutil.rmtree(moved / "fold-1")  # the new machine has the report and outputs only
+    trained = []
+
+    def train_fold_2_as_before(settings):
+        trained.append(settings.out.name)
+        shutil.copytree(cv / "fold-2", settings.out, dirs_exist_ok=True)
+        return json.loads((settings.out / "training_results.json").read_text())
+
+    monkeypatch.setattr(training, "train", train_fold_2_as_before)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert trained == ["fold-2"]
+    assert "fold 1/2: no folder here; kept as recorded" in capsys.readouterr().out
+    report, whole = (json.loads((f / "crossval.json").read_text()) for f in (moved, cv))
+    assert report["complete"] and report["per_fold"] == whole["per_fold"]
+    assert report["metrics"] == whole["metrics"]
+    # calibrated on both folds' out-of-fold logits, fold 1's read from the recorded outputs
+    for key in ("temperature", "unsure_threshold", "finetune_epochs", "input_size"):
+        assert report["whole_pool"][key] == pytest.approx(whole["whole_pool"][key], abs=1e-3)
+    saved, before = np.load(moved / "predictions.npz"), np.load(cv / "predictions.npz")
+    assert sorted(saved.files) == sorted(before.files)
+    for key in saved.files:
+        assert np.array_equal(saved[key], before[key]), key
+    # a report of another recipe is not taken for this one's folds, and is left as it is
+    recorded = (moved / "crossval.json").read_text()
+    assert main([*args, "--hard-views", "0.2", "--score-only"]) != 0
+    captured = capsys.readouterr()
+    assert "recorded for other recipe; its folds are not kept" in captured.out
+    assert "no fold is trained yet" in captured.err
+    assert (moved / "crossval.json").read_text() == recorded
+
+
 def test_a_sweep_resumed_fold_by_fold_adds_quantisation_aware_fine_tuning(sweep, tmp_path):
     data, cv, _ = sweep
     out = tmp_path / "cv-qat"

@@ -16,7 +16,10 @@ frequent choice) and the temperature and unsure threshold fitted on the pooled o
 logits (every image is predicted once, by the fold model that never saw it).
 
 A fold whose folder already holds a finished run of the same split is not trained again, so
-an interrupted sweep continues where it stopped.
+an interrupted sweep continues where it stopped. A fold whose folder is gone but whose figures
+and per-image outputs ``OUT/crossval.json`` and ``OUT/predictions.npz`` still hold (a partial
+sweep's committed report, copied into ``OUT`` on another machine) is kept as recorded when
+the report is of the same folds and recipe, so a sweep also continues across machines.
 
 Teachers for distillation: a teacher given as a cross-validation folder (one with
 ``crossval.json`` made with the same folds) teaches fold i with its own fold-i model, which
@@ -285,12 +288,35 @@ def run(
     folds = stratified_kfold(samples, k, fold_seed)
     fold_hash = folds_hash(samples, folds)
     write_folds(samples, folds, out / "folds.csv")
+    recorded = _recorded_folds(out, k, fold_seed, fold_hash, _recipe(base), log)
     rows, oof_logits, oof_targets, predictions = [], [], [], []
     labels: list[str] = []
+
+    def write_report() -> dict:
+        """The report, its Markdown and the predictions of the folds finished so far."""
+        report = _report(base, k, fold_seed, fold_hash, len(samples), rows, started)
+        write_predictions(out / PREDICTIONS, predictions, labels)
+        if len(rows) == k:
+            report["whole_pool"] = _whole_pool(
+                base, rows, np.concatenate(oof_logits), np.concatenate(oof_targets), k
+            )
+            report["whole_pool"]["command"] = whole_pool_command(base, out, report)
+        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        (out / MARKDOWN).write_text(render(report))
+        return report
+
     for fold in range(k):
         fold_dir = out / f"fold-{fold + 1}"
         split = fold_split(samples, folds, fold, fold_seed)
         results = _finished(fold_dir, split, base)
+        if results is None and fold + 1 in recorded:
+            row, held_predictions, labels = recorded[fold + 1]
+            log(f"fold {fold + 1}/{k}: no folder here; kept as recorded in {out / REPORT}")
+            rows.append(row)
+            predictions.append((fold + 1, held_predictions))
+            oof_logits.append(held_predictions["float_logits"])
+            oof_targets.append(held_predictions["truth"])
+            continue
         if results is None and score_only:
             log(f"fold {fold + 1}/{k}: not trained yet; --score-only trains nothing")
             continue
@@ -331,22 +357,52 @@ def run(
         oof_targets.append(held["targets"])
         # written after every fold, so that an interrupted sweep leaves its finished folds'
         # figures (marked partial) for the maintainer to read while it is continued
-        report = _report(base, k, fold_seed, fold_hash, len(samples), rows, started)
-        write_predictions(out / PREDICTIONS, predictions, labels)
-        if len(rows) == k:
-            report["whole_pool"] = _whole_pool(
-                base, rows, np.concatenate(oof_logits), np.concatenate(oof_targets), k
-            )
-            report["whole_pool"]["command"] = whole_pool_command(base, out, report)
-        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        (out / MARKDOWN).write_text(render(report))
+        write_report()
     if not rows:
         raise BinDaemonError(
             f"{out}: no fold is trained yet; nothing to score (--score-only, or --resume "
             "from a folder without any fold)"
         )
+    report = write_report()  # once more: a sweep of recorded folds only writes here
     log(f"wrote {out / REPORT}, {out / MARKDOWN} and {out / PREDICTIONS}")
     return report
+
+
+def _recorded_folds(
+    out: Path, k: int, fold_seed: int, fold_hash: str, recipe: dict, log: Callable[[str], None]
+) -> dict[int, tuple[dict, dict[str, np.ndarray], list[str]]]:
+    """The folds that ``out``'s report and predictions already hold, when they are of these
+    folds and this recipe: fold number -> (its figures, its per-image outputs, the labels)."""
+    if not ((out / REPORT).is_file() and (out / PREDICTIONS).is_file()):
+        return {}
+    report = load_report(out)
+    expected = {"folds": k, "fold_seed": fold_seed, "folds_hash": fold_hash, "recipe": recipe}
+    differ = [key for key, value in expected.items() if report.get(key) != _as_json(value)]
+    if differ:
+        log(
+            f"{out / REPORT}: recorded for other {' and '.join(differ)}; its folds are not "
+            "kept and the report is written anew"
+        )
+        return {}
+    with np.load(out / PREDICTIONS) as saved:
+        labels = [str(label) for label in saved["labels"]]
+        arrays = {key: saved[key] for key in saved.files if key not in ("labels", "fold")}
+        fold_of = saved["fold"]
+    recorded = {}
+    for row in report["per_fold"]:
+        mine = fold_of == row["fold"]
+        if not mine.any():
+            raise BinDaemonError(
+                f"{out / PREDICTIONS}: holds no outputs of fold {row['fold']}, which "
+                f"{out / REPORT} reports; copy both files of the same sweep"
+            )
+        recorded[row["fold"]] = (row, {key: a[mine] for key, a in arrays.items()}, labels)
+    return recorded
+
+
+def _as_json(value):
+    """``value`` as the report reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def _report(base, k: int, fold_seed: int, fold_hash: str, images: int, rows: list, started):
