@@ -345,6 +345,12 @@ def test_a_sweep_continues_on_another_machine_from_its_recorded_report(
     assert "recorded for other recipe; its folds are not kept" in captured.out
     assert "no fold is trained yet" in captured.err
     assert (moved / "crossval.json").read_text() == recorded
+    # a report cut short (a full disk) is not kept, nor in the way: the sweep goes on
+    (moved / "crossval.json").write_text(recorded[:100])
+    assert main([*args, "--score-only"]) == 0
+    assert "crossval.json: unreadable" in capsys.readouterr().out
+    rescored = json.loads((moved / "crossval.json").read_text())
+    assert [row["fold"] for row in rescored["per_fold"]] == [2] and not rescored["complete"]
 
 
 def test_a_sweep_resumed_fold_by_fold_adds_quantisation_aware_fine_tuning(sweep, tmp_path):

@@ -280,7 +280,8 @@ def run(
     """Train and score every fold of ``base`` (a TrainSettings), write the report; return it.
 
     ``score_only``: score the folds already trained again (with today's scoring) and train
-    none; the report then holds those folds only (partial if any is missing)."""
+    none; the report then holds those folds and the recorded ones only (partial if any is
+    missing)."""
     started = time.monotonic()
     out: Path = base.out
     out.mkdir(parents=True, exist_ok=True)
@@ -375,7 +376,11 @@ def _recorded_folds(
     folds and this recipe: fold number -> (its figures, its per-image outputs, the labels)."""
     if not ((out / REPORT).is_file() and (out / PREDICTIONS).is_file()):
         return {}
-    report = load_report(out)
+    try:
+        report = json.loads((out / REPORT).read_text())
+    except (OSError, ValueError) as error:  # e.g. cut short by a full disk
+        log(f"{out / REPORT}: unreadable ({error}); its folds are not kept, it is written anew")
+        return {}
     expected = {"folds": k, "fold_seed": fold_seed, "folds_hash": fold_hash, "recipe": recipe}
     differ = [key for key, value in expected.items() if report.get(key) != _as_json(value)]
     if differ:
