@@ -34,6 +34,7 @@ import dataclasses
 import json
 import statistics
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -389,10 +390,16 @@ def _recorded_folds(
             "kept and the report is written anew"
         )
         return {}
-    with np.load(out / PREDICTIONS) as saved:
-        labels = [str(label) for label in saved["labels"]]
-        arrays = {key: saved[key] for key in saved.files if key not in ("labels", "fold")}
-        fold_of = saved["fold"]
+    try:
+        with np.load(out / PREDICTIONS) as saved:
+            labels = [str(label) for label in saved["labels"]]
+            arrays = {key: saved[key] for key in saved.files if key not in ("labels", "fold")}
+            fold_of = saved["fold"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise BinDaemonError(
+            f"{out / PREDICTIONS}: unreadable ({error}); copy it again beside {REPORT} from "
+            "the same sweep, or remove both to train every fold"
+        ) from error
     recorded = {}
     for row in report["per_fold"]:
         mine = fold_of == row["fold"]
