@@ -351,6 +351,14 @@ def test_a_sweep_continues_on_another_machine_from_its_recorded_report(
     assert "crossval.json: unreadable" in capsys.readouterr().out
     rescored = json.loads((moved / "crossval.json").read_text())
     assert [row["fold"] for row in rescored["per_fold"]] == [2] and not rescored["complete"]
+    # outputs cut short beside a readable report: one line naming the file, nothing rewritten
+    predictions = (moved / "predictions.npz").read_bytes()
+    (moved / "predictions.npz").write_bytes(predictions[:200])
+    kept = (moved / "crossval.json").read_text()
+    assert main([*args, "--score-only"]) != 0
+    error = capsys.readouterr().err
+    assert "predictions.npz: unreadable" in error and "Traceback" not in error
+    assert (moved / "crossval.json").read_text() == kept
 
 
 def test_a_sweep_resumed_fold_by_fold_adds_quantisation_aware_fine_tuning(sweep, tmp_path):
