@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest_models import assert_card_has_its_site_reference
 
 from bin_daemon.cli import main
 
@@ -246,6 +247,12 @@ def test_whole_pool_model_card_reports_the_cross_validated_figure(sweep):
     markdown = (pool / "MODEL_CARD.md").read_text()
     assert "cross-validated" in markdown and "out-of-fold" in markdown
     assert Classifier.load(pool).input_size == report["whole_pool"]["input_size"]
+
+
+def test_the_whole_pool_card_carries_the_site_heads_centre_from_every_image(sweep):
+    _, _, pool = sweep
+    assert json.loads((pool / "model_card.json").read_text())["embedding_reference"]["n"] == 24
+    assert_card_has_its_site_reference(pool)
 
 
 def test_whole_pool_refuses_another_recipe_or_no_crossval(sweep, capsys):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest_models import assert_card_has_its_site_reference
 
 from bin_daemon.cli import main
 
@@ -89,6 +90,10 @@ def test_writes_a_full_integer_model_with_its_card(trained):
     assert card["dataset"]["hash"] and card["dataset"]["split_seed"] == 20261124
     if (SHARED_WEIGHTS / "coral").is_dir():
         assert len(card["backbones"]) == 2
+
+
+def test_the_card_carries_the_site_heads_centre_from_the_training_images(trained):
+    assert_card_has_its_site_reference(trained)
 
 
 def test_split_file_names_every_image_with_its_hash(trained):

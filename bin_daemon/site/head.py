@@ -119,6 +119,35 @@ def read_reference(model_path: Path, n_classes: int) -> np.ndarray | None:
     return values if values.shape == (n_classes,) and np.all(np.isfinite(values)) else None
 
 
+def reference_entry(
+    model_path: Path,
+    embeddings: np.ndarray,
+    example_labels: Sequence[str],
+    model_labels: Sequence[str],
+    split: str = "train",
+) -> dict:
+    """The card's ``embedding_reference``: the class-balanced mean of the calibrated logits
+    ``E @ W.T + b`` of the model's own (clean) training images, the site head's centre.
+
+    Training writes it into the card of every model it exports; it must describe the exact
+    ``.tflite`` at ``model_path``, since ``W`` and ``b`` are read from it."""
+    E = _check(embeddings, example_labels, model_labels)
+    missing = [label for label in model_labels if label not in set(example_labels)]
+    if missing:
+        raise BinDaemonError(f"embedding reference: no example of {', '.join(missing)}")
+    W, b = read_last_layer(model_path, len(model_labels), E.shape[1])
+    z = E @ W.T + b
+    y = np.asarray(example_labels)
+    mean = np.mean([z[y == label].mean(axis=0) for label in model_labels], axis=0)
+    return {
+        "mean_logits": [round(float(v), 4) for v in mean],
+        "split": split,
+        "n": len(y),
+        "what": f"class-balanced mean of the calibrated logits on the clean {split} images; "
+        "the site head's centre",
+    }
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)

@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from bin_daemon.site.head import REFERENCE_KEY
+
 TARGETS = {
     "accuracy": 0.95,
     "macro_f1": 0.93,
@@ -122,6 +124,7 @@ def build_card(results: dict, model_path: Path, backbones: list[dict]) -> dict:
         **identity(results, model_path),
         "output": {"dtype": "uint8", "kind": "probabilities", "calibration": "temperature scaling"},
         **({"embedding": results["embedding"]} if results.get("embedding") else {}),
+        **({REFERENCE_KEY: results[REFERENCE_KEY]} if results.get(REFERENCE_KEY) else {}),
         "quantisation": quantisation(results),
         "temperature": round(results["temperature"], 4),
         "unsure_threshold": results["unsure_threshold"],

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from bin_daemon.site.head import REFERENCE_KEY
 from bin_daemon.training.card import _machine, identity, quantisation
 from bin_daemon.training.crossval import METRICS, _fmt, _spread_cell
 
@@ -30,6 +31,7 @@ def build_pool_card(results: dict, model_path: Path, crossval: dict, crossval_di
             "calibration": "temperature scaling, fitted on the cross-validation's out-of-fold logits",
         },
         **({"embedding": results["embedding"]} if results.get("embedding") else {}),
+        **({REFERENCE_KEY: results[REFERENCE_KEY]} if results.get(REFERENCE_KEY) else {}),
         "quantisation": quantisation(results),
         "temperature": round(results["temperature"], 4),
         "unsure_threshold": results["unsure_threshold"],

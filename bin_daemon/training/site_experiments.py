@@ -23,11 +23,12 @@ import numpy as np
 
 from bin_daemon.model.preprocess import load_image, to_model_input
 from bin_daemon.site import head as head_module
-from bin_daemon.site.head import REFERENCE_KEY, SiteHead, read_last_layer
+from bin_daemon.site.head import REFERENCE_KEY, SiteHead, read_last_layer, reference_entry
 from bin_daemon.training import site_methods as M
 from bin_daemon.training.camera_effects import TEST_VIEWS_SEED_OFFSET, bin_camera_view
 from bin_daemon.training.site_views import Embedder, site_view
 from bin_daemon.training.split import read_split, sha256_file
+from bin_daemon.training.tflite_eval import TFLiteModel, embedding_reference
 
 DATA = Path("../shared/datasets/trashnet")
 MODEL = Path("models/waste_classifier.tflite")
@@ -133,26 +134,33 @@ def collect_new_class(
 
 
 def write_reference(model_dir: Path, train: dict[str, np.ndarray], labels: list[str]) -> dict:
-    """Record the training split's class-balanced mean calibrated logits in the model card.
+    """Record ``train``'s class-balanced mean calibrated logits in ``model_dir``'s card (the
+    experiments' models, from their cached embeddings)."""
+    entry = reference_entry(
+        model_dir / "waste_classifier.tflite",
+        train["embeddings"].astype(np.float64),
+        [str(v) for v in train["labels"]],
+        labels,
+    )
+    return _store_reference(model_dir, entry)
 
-    The site head re-centres a site's embeddings on this reference (docs/SITE.md). It must
-    be recomputed whenever the model is re-exported: ``--write-reference``."""
-    E = train["embeddings"].astype(np.float64)
-    W0, b0 = read_last_layer(model_dir / "waste_classifier.tflite", len(labels), E.shape[1])
-    z = E @ W0.T + b0
-    y = train["labels"]
-    mean = np.mean([z[y == label].mean(axis=0) for label in labels], axis=0)
+
+def write_shipped_reference(model: Path = MODEL, data: Path = DATA) -> dict:
+    """``--write-reference``: the site head's centre for a model folder whose card lacks it
+    (training writes it itself), computed as training does."""
+    card = json.loads(model.with_name("model_card.json").read_text())
+    samples = [s for s in read_split(model.with_name("split.csv")) if s.subset == "train"]
+    tflite = TFLiteModel(model.read_bytes(), threads=os.cpu_count() or 1)
+    entry = embedding_reference(tflite, model, data, samples, int(card["input"]["size"]))
+    return _store_reference(model.parent, entry)
+
+
+def _store_reference(model_dir: Path, entry: dict) -> dict:
     card_path = model_dir / "model_card.json"
     card = json.loads(card_path.read_text())
-    card[REFERENCE_KEY] = {
-        "mean_logits": [round(float(v), 4) for v in mean],
-        "split": "train",
-        "n": len(y),
-        "what": "class-balanced mean of the calibrated logits on the clean training split "
-        "(bin_daemon.training.site_experiments --write-reference); the site head's centre",
-    }
+    card[REFERENCE_KEY] = entry
     card_path.write_text(json.dumps(card, indent=2) + "\n")
-    return card[REFERENCE_KEY]
+    return entry
 
 
 def fit_site_head_every(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MODEL):
@@ -591,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     labels = Path("models/labels.txt").read_text().split()
     if args.write_reference:  # the training split only (a whole-pool model has no test split)
-        _log(f"reference: {write_reference(MODEL.parent, collect_train(), labels)}")
+        _log(f"reference: {write_shipped_reference()}")
         return 0
     copies = collect()
     if args.collect_only:

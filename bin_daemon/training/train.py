@@ -15,6 +15,7 @@ import numpy as np
 from bin_daemon.errors import BinDaemonError
 from bin_daemon.model.metrics import report
 from bin_daemon.model.preprocess import load_image, to_model_input
+from bin_daemon.site.head import REFERENCE_KEY
 from bin_daemon.training import calibration
 from bin_daemon.training.backbones import Backbone, efficientnet_lite
 from bin_daemon.training.bias_correction import correct_biases
@@ -63,7 +64,7 @@ from bin_daemon.training.qat import (
     fake_quant_tap,
 )
 from bin_daemon.training.split import Sample, dataset_hash, read_split, scan_dataset, write_split
-from bin_daemon.training.tflite_eval import TFLiteModel
+from bin_daemon.training.tflite_eval import TFLiteModel, embedding_reference
 
 MODEL_FILE = "waste_classifier.tflite"
 
@@ -267,6 +268,12 @@ def train(settings: TrainSettings) -> dict:
 
     (out / MODEL_FILE).write_bytes(int8_bytes)
     (out / "labels.txt").write_text("\n".join(labels) + "\n")
+    started_reference = time.monotonic()
+    reference = embedding_reference(int8, out / MODEL_FILE, settings.data, subsets["train"], size)
+    log(
+        f"site head centre from {reference['n']} training images in "
+        f"{time.monotonic() - started_reference:.0f} s"
+    )
     results = {
         "backbone": settings.backbone,
         "backbone_groups": len(backbone.trainable_groups),
@@ -296,6 +303,7 @@ def train(settings: TrainSettings) -> dict:
         },
         "size_bytes": {"int8": len(int8_bytes), "float": len(float_bytes)},
         "embedding": embedding_entry(int8_bytes),
+        REFERENCE_KEY: reference,
         "dataset": {
             "root": str(settings.data),
             "hash": dataset_hash(all_samples),
