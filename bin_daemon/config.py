@@ -85,6 +85,13 @@ class ModelConfig(_Section):
         description="Test-time augmentation: none, or flip (the frame and its mirror image, "
         "probabilities averaged; two classifications per item)",
     )
+    class_bias: dict[str, Annotated[float, Field(ge=-4.0, le=4.0)]] = Field(
+        default_factory=dict,
+        description="A prior shift per label: added to the label's log-probability after the "
+        "model (and the site head), e.g. {trash: 1.0} makes trash win more often, so fewer "
+        "landfill items reach recycling and more recyclables reach landfill; -4 to 4; empty = "
+        "the model's own probabilities (README, 'The model')",
+    )
 
 
 class _SensorSection(_Section):
@@ -536,6 +543,14 @@ class Config(_Section):
                         )
                     )
                 owner.setdefault(label, name)
+        for label in self.model.class_bias:
+            if label not in owner:
+                errors.append(
+                    (
+                        ("model", "class_bias", label),
+                        f"'{label}' is in no bin's labels ({', '.join(owner)})",
+                    )
+                )
         pins: dict[int, str] = {}
         for where, pin in self.gpio_pins():
             if pin in pins:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bin_daemon.console.state import DaemonView
@@ -64,6 +64,7 @@ class Daemon:
     model_dir: Path
     faults: dict
     telemetry: tuple[bool, bool | None] = (False, None)
+    class_bias: dict = field(default_factory=dict)
 
     def view(self) -> DaemonView:
         return DaemonView(
@@ -87,6 +88,7 @@ class Daemon:
             uptime_s=3725.0,
             telemetry_configured=self.telemetry[0],
             telemetry_connected=self.telemetry[1],
+            class_bias=self.class_bias,
         )
 
 

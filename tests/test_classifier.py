@@ -251,3 +251,58 @@ def test_config_model_tta_reaches_the_loaded_classifier(tmp_path):
     )
     assert load_classifier(parse_config(text)).tta == "flip"
     assert load_classifier(parse_config(text.replace(", tta: flip", ""))).tta == "none"
+
+
+# --- the prior shift (model.class_bias) --------------------------------------------------
+
+
+@given(
+    st.lists(st.floats(-8, 8), min_size=6, max_size=6),
+    st.dictionaries(st.sampled_from(LABELS), st.floats(-4, 4), max_size=3),
+)
+def test_a_prior_shift_of_the_probabilities_is_the_shift_of_the_logits(logits, bias):
+    from bin_daemon.model.classifier import shift_priors
+    from bin_daemon.site.head import softmax
+
+    z = np.array(logits)
+    b = np.array([bias.get(label, 0.0) for label in LABELS])
+    np.testing.assert_allclose(shift_priors(softmax(z), LABELS, bias), softmax(z + b), atol=1e-12)
+
+
+def test_class_bias_moves_the_runner_up_just_past_the_winner(real, samples_dir):
+    from bin_daemon.model.classifier import shift_priors
+
+    image = load_image(image_files(samples_dir)[11])  # metal129: metal 0.88
+    plain = real.classify(image)
+    (first, p1), (second, p2) = plain.top[:2]
+    try:
+        real.class_bias = {second: float(np.log(p1 / p2)) - 0.05}  # not quite enough
+        assert real.classify(image).label == first
+        real.class_bias = {second: float(np.log(p1 / p2)) + 0.05}
+        shifted = real.classify(image)
+    finally:
+        real.class_bias = {}
+    assert shifted.label == second and shifted.top[1][0] == first
+    assert shifted.confidence == pytest.approx(float(shifted.scores.max()))
+    np.testing.assert_allclose(
+        shifted.scores, shift_priors(plain.scores, real.labels, {second: np.log(p1 / p2) + 0.05})
+    )
+    assert real.classify(image).scores.tolist() == plain.scores.tolist()  # back to the model
+
+
+def test_config_model_class_bias_reaches_the_loaded_classifier(tmp_path):
+    from bin_daemon.config import parse_config
+    from bin_daemon.loop.service import load_classifier
+
+    folder = make_model_dir(tmp_path, TINY)
+    text = (
+        f"model: {{dir: {folder}, class_bias: {{trash: 1.5, glass: 0}}}}\n"
+        "sensor: {type: ir, gpio: 17}\n"
+        "bins: {landfill: {labels: [trash], servo_gpio: 18}, glass: {labels: [glass], "
+        "servo_gpio: 13}}\n"
+        "fallback_bin: landfill\n"
+    )
+    assert dict(load_classifier(parse_config(text)).class_bias) == {"trash": 1.5}
+    assert not load_classifier(
+        parse_config(text.replace(", class_bias: {trash: 1.5, glass: 0}", ""))
+    ).class_bias

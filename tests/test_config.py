@@ -161,3 +161,18 @@ def test_model_tta_is_none_or_flip(tmp_path):
     assert load_config(write(tmp_path, GOOD + "model:\n  tta: flip\n")).model.tta == "flip"
     message = error_of(tmp_path, GOOD + "model:\n  tta: rotate\n")
     assert message == "CONFIG:13: model.tta: Input should be 'none' or 'flip' (got 'rotate')"
+
+
+def test_a_class_bias_names_its_line_for_a_label_in_no_bin_or_a_value_out_of_range(tmp_path):
+    text = GOOD + "model:\n  class_bias:\n    trash: 1.0\n    trahs: 1.0\n"
+    assert error_of(tmp_path, text) == (
+        "CONFIG:15: model.class_bias.trahs: 'trahs' is in no bin's labels "
+        "(cardboard, paper, metal, plastic, trash)"
+    )
+    assert error_of(tmp_path, text.replace("trahs: 1.0", "paper: 5")) == (
+        "CONFIG:15: model.class_bias.paper: Input should be less than or equal to 4 (got 5)"
+    )
+    assert load_config(write(tmp_path, text.replace("trahs", "paper"))).model.class_bias == {
+        "trash": 1.0,
+        "paper": 1.0,
+    }

@@ -13,6 +13,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest_console import PASSWORD, SAMPLES, Daemon, ManualClock, sort_samples
 from conftest_models import TINY, make_model_dir
@@ -484,6 +485,19 @@ def test_the_upload_model_follows_the_daemons_model(app, tmp_path):
     app.daemon.model_dir = tiny
     second = upload(app.client, SAMPLE.read_bytes(), auth=BASIC).json()
     assert first["model_sha256"] != second["model_sha256"] == app.daemon.classifier.sha256
+
+
+def test_an_upload_is_classified_with_the_daemons_prior_shift(app):
+    metal = SAMPLES / "metal" / "metal129.jpg"  # metal 0.88: a runner-up with a share
+    plain = upload(app.client, metal.read_bytes(), auth=BASIC).json()
+    (first, p1), (second, p2) = [(s["label"], s["score"]) for s in plain["top"][:2]]
+    app.daemon.class_bias = {second: float(np.log(p1 / p2)) + 0.05}
+    shifted = upload(app.client, metal.read_bytes(), auth=BASIC).json()
+    assert (plain["label"], shifted["label"]) == (first, second)
+    choice = app.daemon.policy.decide(second, shifted["confidence"])
+    assert (shifted["bin"], shifted["unsure"]) == (choice.bin, choice.unsure)
+    app.daemon.class_bias = {}
+    assert upload(app.client, metal.read_bytes(), auth=BASIC).json()["label"] == first
 
 
 def png_header_claiming(width: int, height: int) -> bytes:

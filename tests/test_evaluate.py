@@ -134,3 +134,28 @@ def test_a_threshold_out_of_range_is_one_clear_error(dataset, capsys):
     assert main(["evaluate", str(dataset), "--model", str(MODEL), "--unsure-threshold", "2"]) != 0
     err = capsys.readouterr().err
     assert "--unsure-threshold 2.0: expected 0 to 1" in err and "Traceback" not in err
+
+
+def test_class_bias_trades_other_labels_for_the_favoured_one(dataset, capsys):
+    args = ["evaluate", str(dataset), "--model", str(MODEL), "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*args, "--class-bias", "trash=4"]) == 0
+    favoured = json.loads(capsys.readouterr().out)
+    assert plain["class_bias"] == {} and favoured["class_bias"] == {"trash": 4.0}
+    trash = plain["labels"].index("trash")
+    predicted_trash = [sum(row[trash] for row in r["confusion"]) for r in (plain, favoured)]
+    assert predicted_trash[1] > predicted_trash[0]  # more items called trash
+    assert favoured["per_class"]["trash"]["recall"] >= plain["per_class"]["trash"]["recall"]
+    assert main([*args[:-1], "--class-bias", "trash=1"]) == 0
+    assert "class bias trash +1" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_a_class_bias_for_no_label_or_out_of_range_is_one_clear_error(dataset, capsys):
+    args = ["evaluate", str(dataset), "--model", str(MODEL)]
+    assert main([*args, "--class-bias", "trahs=1"]) != 0
+    err = capsys.readouterr().err
+    assert "--class-bias trahs=1: 'trahs' is not one of the model's labels" in err
+    assert "Traceback" not in err
+    assert main([*args, "--class-bias", "trash=9"]) != 0
+    assert "B from -4 to 4" in capsys.readouterr().err

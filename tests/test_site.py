@@ -297,6 +297,32 @@ def test_site_classifier_refits_when_another_process_changes_the_store(tmp_path,
         assert site.refresh() and site.head is None and "bottle" not in site.labels
 
 
+def test_the_prior_shift_applies_to_the_site_heads_output_once(tmp_path, samples_dir):
+    from bin_daemon.model.classifier import shift_priors
+
+    model = Classifier.load(shipped_models_dir(), num_threads=2)
+    with SiteStore(tmp_path / "site.sqlite3") as store:
+        for image in glass(samples_dir)[:2]:
+            teach(store, model, label="bottle", rgb_or_path=image)
+        site = SiteClassifier(model, store)
+        assert site.refresh(force=True) and site.head.from_model_layer
+        bias = {"glass": 2.0, "bottle": -2.0}
+        model.class_bias = bias
+        for path in [*glass(samples_dir), *sorted((samples_dir / "plastic").glob("*.jpg"))]:
+            image = load_image(path)
+            own = model.classify(image)  # the model's own prediction, shifted
+            decision = site.head.apply(own.embedding, own.scores)
+            expected = shift_priors(decision.probs, decision.labels, bias)
+            prediction = site.classify(image)
+            np.testing.assert_allclose(prediction.scores, expected)
+            assert prediction.label == decision.labels[int(np.argmax(expected))]
+            assert prediction.model_label == own.label
+            assert prediction.site == (prediction.label != own.label)
+        taught = site.classify(load_image(glass(samples_dir)[0]))
+        model.class_bias = {}
+        assert site.classify(load_image(glass(samples_dir)[0])).scores[-1] > taught.scores[-1]
+
+
 def test_examples_are_embedded_again_for_another_model(tmp_path, real, samples_dir):
     with SiteStore(tmp_path / "site.sqlite3") as store:
         for image in glass(samples_dir)[:2]:

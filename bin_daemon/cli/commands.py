@@ -250,7 +250,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from bin_daemon.config import load_config
-    from bin_daemon.loop.service import load_classifier, unsure_threshold
+    from bin_daemon.loop.service import load_classifier, unsure_threshold, with_model_options
     from bin_daemon.model.preprocess import load_image
 
     config = load_config(args.config)
@@ -260,6 +260,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         classifier = Classifier.load(
             args.model, num_threads=2, reference_kernels=args.reference_kernels
         )
+        classifier = with_model_options(classifier, config)
     else:
         classifier = load_classifier(config, reference_kernels=args.reference_kernels)
     classifier, site_line = _with_site(classifier, config, args)

@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 
 from bin_daemon.errors import BinDaemonError
 
@@ -142,6 +142,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--tta",
         choices=["none", "flip"],
         help="test-time augmentation, as model.tta (default: the config's)",
+    )
+    evaluate.add_argument(
+        "--class-bias",
+        action="append",
+        default=[],
+        metavar="LABEL=B",
+        help="a prior shift, as model.class_bias (repeatable; over the config's for that label)",
     )
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -395,37 +402,67 @@ def _issue15_mode(args: argparse.Namespace, settings, card_module) -> int | None
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bin_daemon.cli.site import with_site
     from bin_daemon.config import load_config
-    from bin_daemon.loop.service import load_classifier, make_policy
+    from bin_daemon.loop.service import (
+        load_classifier,
+        make_policy,
+        model_options_text,
+        with_model_options,
+    )
     from bin_daemon.model.classifier import Classifier
     from bin_daemon.model.evaluate import evaluate, format_table
 
     config = load_config(args.config)
     if args.model is not None:
-        classifier = Classifier.load(args.model, num_threads=args.threads)
-        classifier.tta = config.model.tta
+        classifier = with_model_options(
+            Classifier.load(args.model, num_threads=args.threads), config
+        )
     else:
         classifier = load_classifier(config)
     if args.tta is not None:
         classifier.tta = args.tta
+    if args.class_bias:
+        bias = {**classifier.class_bias, **_class_bias(args.class_bias, classifier.labels)}
+        classifier.class_bias = MappingProxyType({k: v for k, v in bias.items() if v})
     if args.unsure_threshold is not None:
         if not 0 <= args.unsure_threshold <= 1:
             raise BinDaemonError(f"--unsure-threshold {args.unsure_threshold}: expected 0 to 1")
         model = config.model.model_copy(update={"unsure_threshold": args.unsure_threshold})
         config = config.model_copy(update={"model": model})
-    tta = classifier.tta
+    tta, class_bias = classifier.tta, dict(classifier.class_bias)
     classifier, site_line = with_site(
         classifier, config, state_dir=args.state_dir, no_site=args.no_site
     )
     policy = make_policy(config, classifier)
     result = evaluate(classifier, args.dataset, policy=policy)
     if args.json:
-        print(json.dumps({**result.as_dict(), "tta": tta, "site": site_line}, indent=1))
+        extra = {"tta": tta, "class_bias": class_bias, "site": site_line}
+        print(json.dumps({**result.as_dict(), **extra}, indent=1))
     else:
-        suffix = "" if tta == "none" else f", tta {tta}"
+        suffix = model_options_text(SimpleNamespace(tta=tta, class_bias=class_bias))
         print(f"model {classifier.version} ({classifier.model_path}{suffix})")
         print(site_line)
         print(format_table(result))
     return 0
+
+
+def _class_bias(items: list[str], labels: list[str]) -> dict[str, float]:
+    """``--class-bias LABEL=B`` arguments, checked as the config checks ``model.class_bias``."""
+    bias = {}
+    for item in items:
+        label, _, text = item.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if label not in labels:
+            raise BinDaemonError(
+                f"--class-bias {item}: '{label}' is not one of the model's labels "
+                f"({', '.join(labels)})"
+            )
+        if not -4.0 <= value <= 4.0:
+            raise BinDaemonError(f"--class-bias {item}: expected LABEL=B with B from -4 to 4")
+        bias[label] = value
+    return bias
 
 
 def _train_settings(args: argparse.Namespace):

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,10 @@ class DaemonView:
     uptime_s: float
     telemetry_configured: bool = False
     telemetry_connected: bool | None = None
+    tta: str = "none"
+    """The daemon's test-time augmentation (config ``model.tta``): uploads get it too."""
+    class_bias: Mapping[str, float] = field(default_factory=dict)
+    """The daemon's prior shift (config ``model.class_bias``): uploads get it too."""
 
 
 class ConsoleError(BinDaemonError):
@@ -521,6 +525,8 @@ class Console:
                 self._classifier.version,
                 self._classifier.sha256[:12],
             )
+        self._classifier.tta = view.tta  # as the daemon classifies (a reload may change them)
+        self._classifier.class_bias = view.class_bias
         return self._classifier
 
     # -- helpers -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TextIO
 
 from bin_daemon.config import Config, load_config
@@ -77,8 +78,24 @@ def load_classifier(config: Config, *, reference_kernels: bool = False) -> Class
         on_sha256_mismatch=config.model.on_sha256_mismatch,
         reference_kernels=reference_kernels,
     )
-    classifier.tta = config.model.tta  # model.tta: test-time augmentation
+    return with_model_options(classifier, config)
+
+
+def with_model_options(classifier: Classifier, config: Config) -> Classifier:
+    """``classifier`` with the config's test-time augmentation and prior shift."""
+    classifier.tta = config.model.tta
+    bias = {label: value for label, value in config.model.class_bias.items() if value}
+    classifier.class_bias = MappingProxyType(bias)
     return classifier
+
+
+def model_options_text(classifier: Any) -> str:
+    """ ", tta flip, class bias trash +1" for the options not at their default; else ""."""
+    tta, bias = getattr(classifier, "tta", "none"), getattr(classifier, "class_bias", None)
+    text = "" if tta == "none" else f", tta {tta}"
+    if bias:
+        text += ", class bias " + ", ".join(f"{k} {v:+g}" for k, v in bias.items())
+    return text
 
 
 def unsure_threshold(config: Config, classifier: Any) -> float | None:
@@ -257,11 +274,12 @@ class Service:
         policy = make_policy(config, self.site)
         self._policy = policy
         log.info(
-            "model %s %s (sha256 %s, %s), unsure below %.2f",
+            "model %s %s (sha256 %s, %s%s), unsure below %.2f",
             classifier.model_path.name,
             classifier.version,
             classifier.sha256[:12],
             classifier.runtime,
+            model_options_text(classifier),
             policy.unsure_threshold,
         )
         sinks: list[Callable[[SortEvent], None]] = [
@@ -633,6 +651,8 @@ class Service:
             uptime_s=time.monotonic() - self._started_mono,
             telemetry_configured=mqtt,
             telemetry_connected=telemetry.connected if mqtt else None,
+            tta=getattr(classifier, "tta", "none"),
+            class_bias=getattr(classifier, "class_bias", MappingProxyType({})),
         )
 
     def _summary(self) -> str:

@@ -19,9 +19,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -230,13 +231,28 @@ class Classifier:
     """Test-time augmentation (config ``model.tta``): "none", or "flip": the frame and its
     mirror image each classified, probabilities averaged (two invokes per item)."""
 
+    class_bias: Mapping[str, float] = MappingProxyType({})
+    """Config ``model.class_bias``: added to these labels' log-probabilities after the model
+    (a prior shift; :func:`shift_priors`). Empty: the model's own probabilities."""
+
     def classify(self, rgb: np.ndarray) -> Prediction:
-        """Label one RGB uint8 image of any size, with the test-time augmentation ``tta``."""
+        """Label one RGB uint8 image of any size, with the test-time augmentation ``tta`` and
+        the prior shift ``class_bias``."""
         if self.tta == "none":
-            return self.classify_once(rgb)
-        if self.tta == "flip":
-            return _averaged(self.classify_once(rgb), self.classify_once(rgb[:, ::-1]), self.labels)
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
+            prediction = self.classify_once(rgb)
+        elif self.tta == "flip":
+            plain, flipped = self.classify_once(rgb), self.classify_once(rgb[:, ::-1])
+            prediction = rescored(plain, (plain.scores + flipped.scores) / 2, self.labels)
+            prediction = dataclasses.replace(
+                prediction, preprocess_ms=plain.preprocess_ms + flipped.preprocess_ms
+            )
+        else:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
+        if not self.class_bias:
+            return prediction
+        return rescored(
+            prediction, shift_priors(prediction.scores, self.labels, self.class_bias), self.labels
+        )
 
     def classify_once(self, rgb: np.ndarray) -> Prediction:
         """Label one RGB uint8 image of any size (it is cropped and resized like in training)."""
@@ -267,19 +283,26 @@ class Classifier:
         )
 
 
-def _averaged(plain: Prediction, flipped: Prediction, labels: list[str]) -> Prediction:
-    """``plain`` with the mean of both views' probabilities (and both views' preprocessing)."""
-    scores = (plain.scores + flipped.scores) / 2
+def rescored(prediction: Prediction, scores: np.ndarray, labels: Sequence[str]) -> Prediction:
+    """``prediction`` with other probabilities ``scores`` (in ``labels`` order): its label,
+    confidence and top list follow them."""
     order = np.argsort(-scores, kind="stable")
     top = [(labels[i], float(scores[i])) for i in order[:TOP_K]]
     return dataclasses.replace(
-        plain,
-        label=top[0][0],
-        confidence=top[0][1],
-        top=top,
-        scores=scores,
-        preprocess_ms=plain.preprocess_ms + flipped.preprocess_ms,
+        prediction, label=top[0][0], confidence=top[0][1], top=top, scores=scores
     )
+
+
+def shift_priors(
+    scores: np.ndarray, labels: Sequence[str], bias: Mapping[str, float]
+) -> np.ndarray:
+    """``scores`` with ``bias[label]`` added to each listed label's log-probability,
+    renormalised: from ``softmax(z)`` exactly ``softmax(z + b)``, without the logits. A
+    positive bias makes a label win more often (its recall up, its precision down)."""
+    factors = np.exp(np.array([float(bias.get(label, 0.0)) for label in labels]))
+    shifted = np.asarray(scores, np.float64) * factors
+    total = float(shifted.sum())
+    return shifted / total if total > 0 else np.asarray(scores, np.float64)
 
 
 _XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."

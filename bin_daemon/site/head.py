@@ -317,6 +317,12 @@ class SiteHead:
 
     # -- applying --------------------------------------------------------------------------
 
+    @property
+    def from_model_layer(self) -> bool:
+        """The probabilities come from the model's own (re-fitted) layer, not from the
+        model's output fused with class means (the fallback without a model file)."""
+        return self._W is not None
+
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         """The head's logits for (n, d) embeddings (temperature applied)."""
         X = np.asarray(embeddings, np.float64)

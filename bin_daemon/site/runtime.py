@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bin_daemon.errors import BinDaemonError
-from bin_daemon.model.classifier import TOP_K, Prediction
+from bin_daemon.model.classifier import TOP_K, Prediction, shift_priors
 from bin_daemon.site.head import SiteHead
 from bin_daemon.site.store import SiteStore
 from bin_daemon.site.teach import embed_jpeg
@@ -92,10 +92,15 @@ class SiteClassifier:
         except BinDaemonError as error:  # the item still gets the model's own label
             self._fail(str(error))
             return prediction
-        order = np.argsort(-decision.probs, kind="stable")
-        top = [(decision.labels[i], float(decision.probs[i])) for i in order[:TOP_K]]
-        own.update(label=top[0][0], confidence=top[0][1], top=top, scores=decision.probs)
-        return SitePrediction(**own, site=decision.changed, model_label=prediction.label)
+        probs = decision.probs
+        bias = getattr(self.classifier, "class_bias", None)
+        if bias and self.head.from_model_layer:  # (the fallback fused the shifted probabilities)
+            probs = shift_priors(probs, decision.labels, bias)
+        order = np.argsort(-probs, kind="stable")
+        top = [(decision.labels[i], float(probs[i])) for i in order[:TOP_K]]
+        own.update(label=top[0][0], confidence=top[0][1], top=top, scores=probs)
+        changed = top[0][0] != prediction.label
+        return SitePrediction(**own, site=changed, model_label=prediction.label)
 
     # -- the store -------------------------------------------------------------------------
 
