@@ -145,9 +145,10 @@ def write_reference(model_dir: Path, train: dict[str, np.ndarray], labels: list[
     return _store_reference(model_dir, entry)
 
 
-def write_shipped_reference(model: Path = MODEL, data: Path = DATA) -> dict:
+def write_shipped_reference(model: Path | None = None, data: Path = DATA) -> dict:
     """``--write-reference``: the site head's centre for a model folder whose card lacks it
     (training writes it itself), computed as training does."""
+    model = model or MODEL
     card = json.loads(model.with_name("model_card.json").read_text())
     samples = [s for s in read_split(model.with_name("split.csv")) if s.subset == "train"]
     tflite = TFLiteModel(model.read_bytes(), threads=os.cpu_count() or 1)
@@ -163,7 +164,7 @@ def _store_reference(model_dir: Path, entry: dict) -> dict:
     return entry
 
 
-def fit_site_head_every(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MODEL):
+def fit_site_head_every(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path | None = None):
     """The shipped head with a site-only label's bias set so every taught frame wins."""
     head_module.IMPRINT_EVERY_EXAMPLE = True
     try:
@@ -172,13 +173,13 @@ def fit_site_head_every(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Pat
         head_module.IMPRINT_EVERY_EXAMPLE = False
 
 
-def fit_site_head(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path = MODEL):
+def fit_site_head(ctx: M.Context, E: np.ndarray, y: np.ndarray, model: Path | None = None):
     """The shipped head (bin_daemon.site.head), as a candidate."""
     head = SiteHead.fit(
         E.astype(np.float32),
         [ctx.labels[i] for i in y],
         model_labels=ctx.labels[: ctx.n_model],
-        model_path=model,
+        model_path=model or MODEL,
     )
 
     def predict(X: np.ndarray) -> np.ndarray:
@@ -578,7 +579,54 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def folds_summary(fold_results: list[dict]) -> dict:
+    """Per-fold results of one recipe (``--model-dir`` on each cross-validation fold) in one:
+    the model alone, and each method's gain over it, coverage and accepted accuracy at the
+    threshold, as the mean and sd over folds of each fold's mean over draws."""
+
+    def over_folds(values: list[float]) -> dict[str, float]:
+        return {"mean": round(float(np.mean(values)), 4), "sd": round(float(np.std(values)), 4)}
+
+    first = fold_results[0]["curves"]
+    curves: dict = {}
+    for copy, by_shots in first.items():
+        curves[copy] = {}
+        for shots, methods in by_shots.items():
+            curves[copy][shots] = {}
+            for method in methods:
+                rows = [r["curves"][copy][shots] for r in fold_results]
+                curves[copy][shots][method] = {
+                    "gain_over_model": over_folds(
+                        [
+                            row[method]["accuracy"]["mean"] - row["model"]["accuracy"]["mean"]
+                            for row in rows
+                        ]
+                    ),
+                    **{
+                        key: over_folds([row[method][key]["mean"] for row in rows])
+                        for key in ("accuracy", "coverage", "accepted_accuracy")
+                    },
+                }
+    return {
+        "folds": len(fold_results),
+        "models": [r["setup"]["model"] for r in fold_results],
+        "setup": {k: v for k, v in fold_results[0]["setup"].items() if k != "model"},
+        "model_only": {
+            copy: over_folds([r["model_only"][copy] for r in fold_results])
+            for copy in fold_results[0]["model_only"]
+        },
+        "curves": curves,
+        "clean_check_drop_points": {
+            shots: over_folds(
+                [r["clean_check"][shots]["clean_accuracy_drop_points"] for r in fold_results]
+            )
+            for shots in fold_results[0]["clean_check"]
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    global MODEL, SPLIT  # --model-dir
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--collect-only", action="store_true")
     parser.add_argument("--new-class-model", type=Path, default=Path("runs/no_metal/model"))
@@ -587,17 +635,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=DRAWS)
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out")
     parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=MODEL.parent,
+        help="the model folder to measure (default models/): its .tflite, labels, card and "
+        "split.csv (a cross-validation fold's folder: its held-out images are the test split)",
+    )
+    parser.add_argument(
+        "--folds-summary",
+        type=Path,
+        nargs="+",
+        metavar="FOLD_JSON",
+        help="summarise per-fold results (mean and sd over folds) into --out and stop",
+    )
+    parser.add_argument(
         "--write-reference",
         action="store_true",
         help="record the training split's mean logits in models/model_card.json and stop",
     )
     args = parser.parse_args(argv)
+    MODEL, SPLIT = args.model_dir / MODEL.name, args.model_dir / SPLIT.name
+    curves_png = (
+        args.out.with_name("site_curves.png")
+        if args.out == Path("docs/site_experiments.json")
+        else args.out.with_suffix(".png")
+    )
+    if args.folds_summary:
+        summary = folds_summary([json.loads(p.read_text()) for p in args.folds_summary])
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+        return 0
     if args.plot_only:
         results = json.loads(args.out.read_text())
-        plot(results, args.out.with_name("site_curves.png"))
+        plot(results, curves_png)
         print(tables(results))
         return 0
-    labels = Path("models/labels.txt").read_text().split()
+    labels = (args.model_dir / "labels.txt").read_text().split()
     if args.write_reference:  # the training split only (a whole-pool model has no test split)
         _log(f"reference: {write_shipped_reference()}")
         return 0
@@ -647,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     results["refit_timing"] = refit_timing(copies, labels)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, args.out.with_name("site_curves.png"))
+    plot(results, curves_png)
     return 0
 
 
