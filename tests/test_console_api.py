@@ -284,6 +284,14 @@ def test_status_shows_degraded_devices_and_no_fill_sensor(app):
     assert "Degraded" in page.text and "camera: no frame within 2 s" in page.text
 
 
+def test_status_names_the_prior_shift_in_force(app):
+    assert app.client.get("/api/status", auth=BASIC).json()["model"]["class_bias"] == {}
+    assert 'id="class-bias"' not in app.client.get("/partials/status", auth=BASIC).text
+    app.daemon.class_bias = {"trash": 1.0}
+    assert app.client.get("/api/status", auth=BASIC).json()["model"]["class_bias"] == {"trash": 1.0}
+    assert "prior shift: trash +1" in app.client.get("/partials/status", auth=BASIC).text
+
+
 @pytest.mark.parametrize(
     ("telemetry", "shown"),
     [((False, None), "not set up"), ((True, True), "connected"), ((True, False), "offline")],

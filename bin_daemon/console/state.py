@@ -118,6 +118,10 @@ class ModelInfo(BaseModel):
     sha256: str
     labels: list[str]
     unsure_threshold: float
+    tta: str = "none"
+    """Config ``model.tta``."""
+    class_bias: dict[str, float] = {}
+    """Config ``model.class_bias``: the prior shift per label in force (empty: none)."""
 
 
 class TelemetryInfo(BaseModel):
@@ -306,6 +310,8 @@ class Console:
                 sha256=view.model_sha256,
                 labels=list(view.labels),
                 unsure_threshold=view.unsure_threshold,
+                tta=view.tta,
+                class_bias=dict(view.class_bias),
             ),
             degraded=degraded,
             telemetry=TelemetryInfo(
