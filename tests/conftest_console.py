@@ -65,6 +65,8 @@ class Daemon:
     faults: dict
     telemetry: tuple[bool, bool | None] = (False, None)
     class_bias: dict = field(default_factory=dict)
+    site_head: object = None
+    site_examples: int = 0
 
     def view(self) -> DaemonView:
         return DaemonView(
@@ -89,6 +91,8 @@ class Daemon:
             telemetry_configured=self.telemetry[0],
             telemetry_connected=self.telemetry[1],
             class_bias=self.class_bias,
+            site_head=self.site_head,
+            site_examples=self.site_examples,
         )
 
 

@@ -508,6 +508,51 @@ def test_an_upload_is_classified_with_the_daemons_prior_shift(app):
     assert upload(app.client, metal.read_bytes(), auth=BASIC).json()["label"] == first
 
 
+def test_an_upload_gets_the_site_head_the_daemon_sorts_with(app):
+    from bin_daemon.site.head import SiteHead
+
+    classifier = app.daemon.classifier
+    own = classifier.classify(preprocess.load_image(SAMPLE))
+    metal = SAMPLES / "metal" / "metal129.jpg"
+    metal_own = classifier.classify(preprocess.load_image(metal))
+    app.daemon.site_head = SiteHead.fit(  # the glass photo taught as a site label
+        own.embedding[None],
+        ["coffee_cup"],
+        model_labels=classifier.labels,
+        model_path=classifier.model_path,
+    )
+    app.daemon.site_examples = 1
+    assert app.client.get("/api/status", auth=BASIC).json()["model"]["site_examples"] == 1
+    taught = upload(app.client, SAMPLE.read_bytes(), auth=BASIC).json()
+    assert (taught["label"], taught["model_label"], taught["site_examples"]) == (
+        "coffee_cup",
+        own.label,
+        1,
+    )
+    choice = app.daemon.policy.decide("coffee_cup", taught["confidence"])
+    assert (taught["bin"], taught["unsure"]) == (choice.bin, choice.unsure)
+    other = upload(app.client, metal.read_bytes(), auth=BASIC).json()
+    assert (other["label"], other["model_label"], other["site_examples"]) == (
+        metal_own.label,
+        None,
+        1,
+    )
+    head = app.daemon.site_head
+    app.daemon.site_head, app.daemon.site_examples = None, 0  # the store emptied: the model alone
+    plain = upload(app.client, SAMPLE.read_bytes(), auth=BASIC).json()
+    assert (plain["label"], plain["model_label"], plain["site_examples"]) == (own.label, None, 0)
+    assert app.client.get("/api/status", auth=BASIC).json()["model"]["site_examples"] == 0
+    app.daemon.site_head, app.daemon.site_examples = head, 1  # the page, logged in
+    page = app.client.post(
+        "/classify",
+        data={"csrf_token": app.login()},
+        files={"image": ("glass1.jpg", SAMPLE.read_bytes(), "image/jpeg")},
+    )
+    assert 'id="site-changed"' in page.text and f"<strong>{own.label}</strong>" in page.text
+    assert "with the site head (1 example)" in page.text
+    assert 'id="no-bin"' in page.text and "is in no bin" in page.text  # coffee_cup: no bin
+
+
 def png_header_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims a huge image (a decompression bomb's shape)."""
     ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)

@@ -76,6 +76,8 @@ def daemon(tmp_path, monkeypatch):
         stdout=io.StringIO(),
         console_hooks=hooks,
     )
+    hooks.on_correction = service.site_link.queue_correction  # corrections teach the site store
+    hooks.extra_labels = service.site_link.labels
     thread = threading.Thread(target=service.run, name="daemon")
     thread.start()
     deadline = time.monotonic() + WAIT_S
@@ -210,6 +212,21 @@ def test_a_person_uses_the_console_in_a_browser(browser, daemon, tmp_path):
     expected = service.sorter.decide(*_top(classifier.classify(preprocess.load_image(photo))))
     assert browser.find_element(By.ID, "result-bin").text.lower() == expected.bin
     shots.take("classify")
+    # the frame corrected to a new label, uploaded once the loop has taught both corrections
+    wait_for(browser, lambda d: service.sorter.classifier.examples >= 2, "corrections not taught")
+    browser.get(base + "/classify")
+    frame = service.console_view().spool.frame_path(second)
+    browser.find_element(By.ID, "image").send_keys(str(frame))
+    browser.find_element(By.CSS_SELECTOR, "form.upload button[type=submit]").click()
+    banner = wait_for(browser, lambda d: d.find_elements(By.ID, "site-changed"), "no site banner")
+    assert "aluminium_can" in banner[0].text and records[second]["label"] in banner[0].text
+    assert "is in no bin" in browser.find_element(By.ID, "no-bin").text  # the fallback, said
+    assert browser.find_element(By.CSS_SELECTOR, ".scores tr th").text.lower() == "aluminium_can"
+    shots.take("classify-site")
+    browser.get(base + "/")  # the model tile counts what the site head applies
+    tile = wait_for(browser, lambda d: d.find_elements(By.ID, "site-examples"), "no site count")
+    assert tile[0].text == f"site head: {service.sorter.classifier.examples} examples"
+    browser.save_screenshot(str(tmp_path / "status-site.png"))
 
     # -- events -----------------------------------------------------------------------------
     browser.get(base + "/events?since=1h")

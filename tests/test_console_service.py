@@ -158,23 +158,43 @@ def test_the_bundled_console_section_matches_the_schema_defaults():
     assert load_config().console == ConsoleConfig()
 
 
-def post(port: int, path: str, body: dict) -> tuple[int, dict]:
+def send(
+    port: int, path: str, data: bytes | None = None, content_type: str = ""
+) -> tuple[int, bytes]:
+    """GET (no ``data``) or POST ``data`` as the console's admin; (status, body)."""
     token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
+    headers = {"Authorization": f"Basic {token}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
+            return response.status, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        return error.code, error.read()
 
 
-def test_a_correction_on_the_console_teaches_the_site_store_between_items(tmp_path):
+def post(port: int, path: str, body: dict) -> tuple[int, dict]:
+    status, answer = send(port, path, json.dumps(body).encode(), "application/json")
+    return status, json.loads(answer or b"{}")
+
+
+def upload(port: int, jpeg: bytes) -> tuple[int, dict]:
+    """``/api/classify`` with ``jpeg`` as a multipart file, as a browser sends it."""
+    boundary = "bin-daemon-test-boundary"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="image"; filename="frame.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    body += jpeg + f"\r\n--{boundary}--\r\n".encode()
+    status, answer = send(port, "/api/classify", body, f"multipart/form-data; boundary={boundary}")
+    return status, json.loads(answer or b"{}")
+
+
+def test_a_correction_on_the_console_teaches_the_site_store_and_uploads_see_it(tmp_path):
     from bin_daemon.config import load_config
+    from bin_daemon.model.preprocess import decode_image
     from bin_daemon.site.store import SiteStore
 
     port = free_port()
@@ -183,15 +203,20 @@ def test_a_correction_on_the_console_teaches_the_site_store_between_items(tmp_pa
     )
     config_path.write_text(config_path.read_text().replace("save: unsure", "save: all"))
     answers: list[tuple[int, dict]] = []
+    frame: list[bytes] = []
+    uploads: list[tuple[int, dict, object]] = []
 
     def during_the_run() -> None:  # after an item's STATUS=, on the loop's thread
-        if answers:
-            return
-        review = get(port, "/api/review?show=all")[1]["items"]
-        if review:
-            answers.append(
-                post(port, f"/api/review/{review[0]['item_id']}", {"label": "Coffee Cup"})
-            )
+        if not answers:
+            review = get(port, "/api/review?show=all")[1]["items"]
+            if review:
+                item = review[0]["item_id"]
+                answers.append(post(port, f"/api/review/{item}", {"label": "Coffee Cup"}))
+                frame.append(send(port, f"/frames/{item}.jpg")[1])
+        elif not uploads and service.sorter.classifier.examples:  # taught, head refitted
+            # the loop's own answer for the frame (its thread: its interpreter) and the console's
+            own = service.sorter.classifier.classify(decode_image(frame[0], "frame"))
+            uploads.append((*upload(port, frame[0]), own))
 
     service = Service(
         RunOptions(config_path, "fake", SAMPLES, max_items=4),
@@ -200,6 +225,12 @@ def test_a_correction_on_the_console_teaches_the_site_store_between_items(tmp_pa
     )
     assert service.run() == 0
     assert answers and answers[0][0] == 200 and answers[0][1]["label"] == "coffee_cup"
+    assert uploads, "the correction was never taught while the daemon ran"
+    status, result, own = uploads[0]
+    assert status == 200, result
+    assert own.label == result["label"] == "coffee_cup"  # the taught frame, as the loop sorts it
+    assert result["confidence"] == pytest.approx(own.confidence, abs=1e-4)
+    assert result["site_examples"] == 1 and result["model_label"] == own.model_label != "coffee_cup"
     store = SiteStore(load_config(config_path).site_store_path())
     try:
         assert store.counts() == {"coffee_cup": 1}  # taught by the loop, between two items

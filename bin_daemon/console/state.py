@@ -71,6 +71,11 @@ class DaemonView:
     """The daemon's test-time augmentation (config ``model.tta``): uploads get it too."""
     class_bias: Mapping[str, float] = field(default_factory=dict)
     """The daemon's prior shift (config ``model.class_bias``): uploads get it too."""
+    site_head: Any = None
+    """The site head the daemon sorts with (``bin_daemon.site.head.SiteHead``; only read here,
+    a refit makes a new one), or None: uploads get it too."""
+    site_examples: int = 0
+    """How many site-store examples that head was fitted on."""
 
 
 class ConsoleError(BinDaemonError):
@@ -122,6 +127,8 @@ class ModelInfo(BaseModel):
     """Config ``model.tta``."""
     class_bias: dict[str, float] = {}
     """Config ``model.class_bias``: the prior shift per label in force (empty: none)."""
+    site_examples: int = 0
+    """The site store's examples applied by the site head (0: the model alone)."""
 
 
 class TelemetryInfo(BaseModel):
@@ -177,6 +184,10 @@ class ClassifyResult(BaseModel):
     bin: str
     unsure: bool
     reason: str
+    site_examples: int = 0
+    """The site store's examples in the head that was applied (0: the model alone)."""
+    model_label: str | None = None
+    """The model's own label, when the site head changed it (else None)."""
     model_version: str
     model_sha256: str
     width_px: int
@@ -312,6 +323,7 @@ class Console:
                 unsure_threshold=view.unsure_threshold,
                 tta=view.tta,
                 class_bias=dict(view.class_bias),
+                site_examples=view.site_examples if view.site_head is not None else 0,
             ),
             degraded=degraded,
             telemetry=TelemetryInfo(
@@ -500,6 +512,7 @@ class Console:
             started = time.perf_counter()
             prediction = classifier.classify(rgb)
             classify_ms = (time.perf_counter() - started) * 1000
+        prediction, site_examples = self._with_site_head(view, prediction, classifier.sha256)
         choice = view.decide(prediction.label, prediction.confidence)
         thumbnail = preprocess.encode_jpeg(
             preprocess.resize(preprocess.center_square(rgb), THUMBNAIL_PX), quality=85
@@ -511,6 +524,8 @@ class Console:
             bin=choice.bin,
             unsure=choice.unsure,
             reason=choice.reason,
+            site_examples=site_examples,
+            model_label=prediction.model_label if getattr(prediction, "site", False) else None,
             model_version=classifier.version,
             model_sha256=classifier.sha256,
             width_px=rgb.shape[1],
@@ -518,6 +533,22 @@ class Console:
             classify_ms=round(classify_ms, 1),
         )
         return result, thumbnail
+
+    @staticmethod
+    def _with_site_head(view: DaemonView, prediction: Any, sha256: str) -> tuple[Any, int]:
+        """The daemon's site head applied to an upload's prediction, as the loop applies it:
+        (prediction, examples in the head); the model's own when there is no head, or when the
+        head belongs to another model than the one that classified the upload."""
+        if view.site_head is None or sha256 != view.model_sha256:
+            return prediction, 0
+        from bin_daemon.site.runtime import apply_site_head
+
+        try:
+            applied = apply_site_head(view.site_head, prediction, view.class_bias)
+        except BinDaemonError as error:
+            log.warning("console: the site head was not applied to an upload: %s", error)
+            return prediction, 0
+        return applied, view.site_examples
 
     def _upload_classifier(self, view: DaemonView) -> Any:
         if self._classifier is None or self._classifier_sha != view.model_sha256:

@@ -653,6 +653,8 @@ class Service:
             telemetry_connected=telemetry.connected if mqtt else None,
             tta=getattr(classifier, "tta", "none"),
             class_bias=getattr(classifier, "class_bias", MappingProxyType({})),
+            site_head=getattr(classifier, "head", None),
+            site_examples=getattr(classifier, "examples", 0),
         )
 
     def _summary(self) -> str:

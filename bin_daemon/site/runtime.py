@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -84,23 +84,15 @@ class SiteClassifier:
         """The model's prediction, with the head applied when there is one (a
         :class:`SitePrediction`); without a head, the model's own prediction unchanged."""
         prediction = self.classifier.classify(rgb)
-        if self.head is None or getattr(prediction, "embedding", None) is None:
+        if self.head is None:
             return prediction
-        own = {f.name: getattr(prediction, f.name) for f in fields(Prediction)}
         try:
-            decision = self.head.apply(prediction.embedding, prediction.scores)
+            return apply_site_head(
+                self.head, prediction, getattr(self.classifier, "class_bias", None)
+            )
         except BinDaemonError as error:  # the item still gets the model's own label
             self._fail(str(error))
             return prediction
-        probs = decision.probs
-        bias = getattr(self.classifier, "class_bias", None)
-        if bias and self.head.from_model_layer:  # (the fallback fused the shifted probabilities)
-            probs = shift_priors(probs, decision.labels, bias)
-        order = np.argsort(-probs, kind="stable")
-        top = [(decision.labels[i], float(probs[i])) for i in order[:TOP_K]]
-        own.update(label=top[0][0], confidence=top[0][1], top=top, scores=probs)
-        changed = top[0][0] != prediction.label
-        return SitePrediction(**own, site=changed, model_label=prediction.label)
 
     # -- the store -------------------------------------------------------------------------
 
@@ -208,6 +200,28 @@ class SiteClassifier:
             return f"site store {self.store.path}: no examples (the model alone)"
         per_label = ", ".join(f"{label} {n}" for label, n in sorted(self.counts.items()))
         return f"site store {self.store.path}: {self.examples} examples applied ({per_label})"
+
+
+def apply_site_head(
+    head: SiteHead, prediction: Prediction, class_bias: Mapping[str, float] | None = None
+) -> Prediction:
+    """``prediction`` with ``head`` applied: a :class:`SitePrediction` (the model's own
+    prediction unchanged when it carries no embedding). ``class_bias`` is the classifier's prior
+    shift, already in ``prediction`` and applied again to the head's own probabilities. The head
+    is only read, so the console's thread may apply the loop's head.
+    :class:`BinDaemonError` when the embedding does not fit the head."""
+    if getattr(prediction, "embedding", None) is None:
+        return prediction
+    decision = head.apply(prediction.embedding, prediction.scores)
+    probs = decision.probs
+    if class_bias and head.from_model_layer:  # (the fallback fused the shifted probabilities)
+        probs = shift_priors(probs, decision.labels, class_bias)
+    order = np.argsort(-probs, kind="stable")
+    top = [(decision.labels[i], float(probs[i])) for i in order[:TOP_K]]
+    own = {f.name: getattr(prediction, f.name) for f in fields(Prediction)}
+    own.update(label=top[0][0], confidence=top[0][1], top=top, scores=probs)
+    changed = top[0][0] != prediction.label
+    return SitePrediction(**own, site=changed, model_label=prediction.label)
 
 
 def site_labels(classifier: Any) -> list[str]:
