@@ -55,6 +55,29 @@ def glass(samples_dir: Path) -> list[Path]:
 # --- the store ---------------------------------------------------------------------------
 
 
+def test_an_item_taught_again_keeps_only_its_latest_label(store):
+    """A correction corrected again (a wrong click fixed on the review page) must not leave the
+    same frame in the store under two labels."""
+    store.add(label="paper", jpeg=b"\xff\xd8\xffother", embedding=vector(5),
+              model_sha256="ab" * 32, source="file:/o.jpg")  # fmt: skip
+    first = store.add(label="glass", jpeg=b"\xff\xd8\xffframe", embedding=vector(1),
+                      model_sha256="ab" * 32, source="item:x", item_id="x")  # fmt: skip
+    before = store.generation()
+    second = store.add(label="plastic", jpeg=b"\xff\xd8\xffframe", embedding=vector(1),
+                       model_sha256="ab" * 32, source="item:x", item_id="x")  # fmt: skip
+    assert second > first and store.counts() == {"paper": 1, "plastic": 1}
+    assert [e.id for e in store.examples(label="plastic")] == [second]
+    assert store.generation() == before + 1  # one change: the head is refitted once
+    full = SiteStore(store.path, quota_mb=store.used_bytes() / 1024 / 1024)
+    try:  # refused at the quota: the earlier example is kept, not lost
+        with pytest.raises(BinDaemonError, match="full"):
+            full.add(label="metal", jpeg=b"\xff\xd8" + b"x" * 4096, embedding=vector(1),
+                     model_sha256="ab" * 32, source="item:x", item_id="x")  # fmt: skip
+        assert full.counts() == {"paper": 1, "plastic": 1}
+    finally:
+        full.close()
+
+
 def test_store_keeps_examples_with_their_embedding_and_counts_changes(store):
     before = store.generation()
     first = store.add(label="paper", jpeg=b"\xff\xd8\xffjpeg", embedding=vector(1),

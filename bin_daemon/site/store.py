@@ -151,7 +151,10 @@ class SiteStore:
         item_id: str | None = None,
         added_at: str | None = None,
     ) -> int:
-        """Store one example; its id once it is fsynced. Refused beyond the quota."""
+        """Store one example; its id once it is fsynced. Refused beyond the quota.
+
+        An item already in the store (the same ``item_id``) is replaced in the same transaction:
+        an item's latest label is the one taught (a correction corrected again)."""
         check_label(label)
         vector = np.asarray(embedding, dtype="<f4").reshape(-1)
         if vector.size == 0 or not np.isfinite(vector).all():
@@ -160,6 +163,8 @@ class SiteStore:
             raise BinDaemonError(f"{source}: no JPEG to store")
         blob = vector.tobytes()
         with self._transaction("add the example") as db:
+            if item_id is not None:
+                db.execute("DELETE FROM examples WHERE item_id = ?", (item_id,))
             used = self._used_bytes(db)
             if used + len(jpeg) + len(blob) > self.quota_bytes:
                 raise BinDaemonError(
