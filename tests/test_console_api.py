@@ -63,10 +63,12 @@ class Harness:
         self.folder, self.config, self.daemon = world
         self.corrections: list[tuple[str, str, Path | None]] = []
         self.fill = {"recycling": 42.5, "glass": None}
+        self.site_store = self.folder / "site.sqlite3"
         hooks = Hooks(
             on_correction=lambda *args: self.corrections.append(args),
             extra_labels=lambda: ["tetra pak"],
             fill_levels=lambda: self.fill,
+            site_store=self.site_store,
         )
         self.console = Console(
             self.daemon.view,
@@ -112,11 +114,14 @@ def event_rows(path: Path) -> list[tuple]:
 
 def test_everything_but_login_and_static_needs_the_password(app):
     client = app.client
-    for path in ("/api/status", "/api/events", "/api/review", "/frames/x.jpg", "/partials/status"):
+    for path in ("/api/status", "/api/events", "/api/review", "/frames/x.jpg", "/partials/status",
+                 "/api/taught", "/taught-frames/1.jpg"):  # fmt: skip
         response = client.get(path)
         assert response.status_code == 401, path
         assert response.headers["www-authenticate"] == 'Basic realm="bin-daemon"'
     assert client.post("/api/review/x", json={"label": "glass"}).status_code == 401
+    assert client.post("/api/taught/1/remove").status_code == 401
+    assert client.get("/taught").headers["location"] == "/login?next=/taught"
     page = client.get("/review?show=all")
     assert (
         page.status_code == 303 and page.headers["location"] == "/login?next=/review%3Fshow%3Dall"
@@ -237,6 +242,12 @@ def test_state_changes_by_cookie_need_the_csrf_token_and_cross_site_is_refused(a
     assert all(r.get("corrected_label") is None for r in app.records())  # nothing written
     ok = {"X-CSRF-Token": csrf, "Origin": "http://testserver"}
     assert app.client.post(url, json={"label": "glass"}, headers=ok).status_code == 200
+    example = teach_three(app.site_store)[0]  # removing a site example: the same rules
+    remove = f"/api/taught/{example}/remove"
+    for headers in ({}, {"X-CSRF-Token": "x" + csrf}, evil, cross):
+        assert app.client.post(remove, headers=headers).status_code == 403
+    assert app.client.get("/api/taught").json()["total"] == 3  # nothing removed
+    assert app.client.post(remove, headers=ok).status_code == 200
 
 
 def test_basic_auth_from_another_site_is_refused_too(app):
@@ -551,6 +562,77 @@ def test_an_upload_gets_the_site_head_the_daemon_sorts_with(app):
     assert 'id="site-changed"' in page.text and f"<strong>{own.label}</strong>" in page.text
     assert "with the site head (1 example)" in page.text
     assert 'id="no-bin"' in page.text and "is in no bin" in page.text  # coffee_cup: no bin
+
+
+# ------------------------------------------------------------------------------ taught
+
+
+def teach_three(path: Path) -> list[int]:
+    """Two frames taught as coffee_cup (no bin), one as paper; their ids, oldest first."""
+    from bin_daemon.site.store import SiteStore
+
+    taught = [("coffee_cup", SAMPLE), ("coffee_cup", SAMPLES / "glass" / "glass11.jpg"),
+              ("paper", SAMPLES / "paper" / "paper1.jpg")]  # fmt: skip
+    with SiteStore(path) as store:
+        return [
+            store.add(
+                label=label,
+                jpeg=photo.read_bytes(),
+                embedding=np.ones(8),
+                model_sha256="ab" * 32,
+                source=f"item:item-{n}",
+                item_id=f"item-{n}",
+            )
+            for n, (label, photo) in enumerate(taught)
+        ]
+
+
+def test_the_taught_page_lists_the_site_store_and_removes_an_example(app):
+    from bin_daemon.site.store import SiteStore
+
+    ids = teach_three(app.site_store)
+    taught = app.client.get("/api/taught", auth=BASIC).json()
+    assert taught["enabled"] and taught["total"] == 3
+    assert [(x["label"], x["count"], x["bin"]) for x in taught["labels"]] == [
+        ("coffee_cup", 2, None),  # in no bin: its items go to the fallback bin
+        ("paper", 1, "recycling"),
+    ]
+    assert [x["id"] for x in taught["examples"]] == ids[::-1]  # newest first
+    assert [
+        x["id"] for x in app.client.get("/api/taught?limit=1", auth=BASIC).json()["examples"]
+    ] == [ids[2]]
+    image = app.client.get(f"/taught-frames/{ids[0]}.jpg", auth=BASIC)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.content == SAMPLE.read_bytes()
+    for bad in ("999.jpg", "x.jpg", f"{ids[0]}.png", "..%2Fsite.sqlite3"):
+        assert app.client.get(f"/taught-frames/{bad}", auth=BASIC).status_code == 404, bad
+    with SiteStore(app.site_store) as store:
+        generation = store.generation()
+    removed = app.client.post(f"/api/taught/{ids[0]}/remove", auth=BASIC)
+    assert removed.status_code == 200 and removed.json() == {
+        "id": ids[0], "label": "coffee_cup", "remaining": 1,
+    }  # fmt: skip
+    with SiteStore(app.site_store) as store:  # the loop sees the change counter move
+        assert store.counts() == {"coffee_cup": 1, "paper": 1}
+        assert store.generation() == generation + 1
+    again = app.client.post(f"/api/taught/{ids[0]}/remove", auth=BASIC)
+    assert again.status_code == 404 and f"no site example {ids[0]}" in again.json()["detail"]
+    page = app.client.get("/taught", auth=BASIC)
+    assert page.status_code == 200 and 'id="taught-labels"' in page.text
+    assert page.text.count('data-remove="') == 2 and "in no bin: fallback" in page.text
+    assert f'src="/taught-frames/{ids[1]}.jpg"' in page.text
+
+
+def test_the_taught_page_without_a_site_store(app, world):
+    page = app.client.get("/taught", auth=BASIC)  # enabled, nothing taught: no file is made
+    assert 'id="nothing-taught"' in page.text and not app.site_store.exists()
+    off = Harness(world)
+    off.console = Console(off.daemon.view, event_log_path=None, hooks=Hooks())
+    client = TestClient(create_app(off.console, off.gate, off.settings, clock=off.clock))
+    assert 'id="site-off"' in client.get("/taught", auth=BASIC).text
+    assert client.get("/api/taught", auth=BASIC).json()["enabled"] is False
+    assert client.post("/api/taught/1/remove", auth=BASIC).status_code == 404
+    off.console.close()
 
 
 def png_header_claiming(width: int, height: int) -> bytes:

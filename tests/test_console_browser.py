@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest_console import PASSWORD, SAMPLES, UNSURE_BELOW, free_port, write_config
 
+from bin_daemon.config import load_config
 from bin_daemon.console.state import Hooks
 from bin_daemon.loop.service import RunOptions, Service
 from bin_daemon.records.eventlog import read_events
@@ -78,6 +79,7 @@ def daemon(tmp_path, monkeypatch):
     )
     hooks.on_correction = service.site_link.queue_correction  # corrections teach the site store
     hooks.extra_labels = service.site_link.labels
+    hooks.site_store = load_config(config).site_store_path()  # the Taught page
     thread = threading.Thread(target=service.run, name="daemon")
     thread.start()
     deadline = time.monotonic() + WAIT_S
@@ -227,6 +229,25 @@ def test_a_person_uses_the_console_in_a_browser(browser, daemon, tmp_path):
     tile = wait_for(browser, lambda d: d.find_elements(By.ID, "site-examples"), "no site count")
     assert tile[0].text == f"site head: {service.sorter.classifier.examples} examples"
     browser.save_screenshot(str(tmp_path / "status-site.png"))
+
+    # -- taught: what the corrections taught; one removed, and the loop refits without it ------
+    browser.get(base + "/taught")
+    cards = wait_for(
+        browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-example]"), "nothing taught"
+    )
+    assert sorted(card.get_attribute("data-label") for card in cards) == sorted(
+        [truth, "aluminium_can"]
+    )
+    wrong = next(c for c in cards if c.get_attribute("data-label") == "aluminium_can")
+    wrong.find_element(By.CSS_SELECTOR, "button[data-remove]").click()
+    browser.switch_to.alert.accept()  # "Remove this example?"
+    note = wrong.find_element(By.CSS_SELECTOR, ".status")
+    wait_for(browser, lambda d: note.text == "Removed: 0 aluminium_can left", "not removed")
+    wait_for(browser, lambda d: service.sorter.classifier.examples == 1, "the loop did not refit")
+    assert service.sorter.classifier.counts == {truth: 1}
+    assert browser.find_element(By.ID, "taught-total").text == "1 example"
+    shots.take("taught")
+    shots.take("taught-phone", PHONE)
 
     # -- events -----------------------------------------------------------------------------
     browser.get(base + "/events?since=1h")

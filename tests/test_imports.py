@@ -21,7 +21,7 @@ ADAPTERS: dict[str, str | set[str]] = {
     "paho": "telemetry/mqtt.py",
     "systemd": "records/journal.py",
     "ruamel": "config.py",
-    "pydantic": {"config.py", "console/state.py"},  # the config tree; the console's JSON
+    "pydantic": {"config.py", "console/state.py", "console/taught.py"},  # config; console JSON
     "fastapi": "console/app.py",
     "starlette": "console/app.py",
     "uvicorn": "console/app.py",

@@ -48,13 +48,14 @@ from bin_daemon.console.state import (
     ReviewList,
     Status,
 )
+from bin_daemon.console.taught import RemovedExample, TaughtList
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "bin_console"
 PUBLIC = ("/login", "/static/")
-UNMETERED = ("/static/", "/frames/")
+UNMETERED = ("/static/", "/frames/", "/taught-frames/")
 UPLOADS = ("/classify", "/api/classify")
 """Where a request body may be large (read with the upload cap); elsewhere MAX_FORM_BYTES."""
 MAX_FORM_BYTES = 64 * 1024
@@ -266,6 +267,11 @@ def create_app(
         picture = "data:image/jpeg;base64," + base64.b64encode(thumbnail).decode("ascii")
         return page(request, "classify.html", result=result, thumbnail=picture, error=None)
 
+    @app.get("/taught", response_class=HTMLResponse)
+    def taught_page(request: Request, limit: int = 60) -> Response:
+        taught = console.taught(max(1, min(limit, 500)))
+        return page(request, "taught.html", taught=taught, limit=limit)
+
     @app.get("/events", response_class=HTMLResponse)
     def events_page(request: Request, since: str = "1d", limit: int = 200) -> Response:
         error = None
@@ -323,6 +329,28 @@ def create_app(
         _fields, data, name = await _read_upload(request, console.max_upload_bytes)
         result, _thumbnail = await run_in_threadpool(console.classify, data, name)
         return result
+
+    @app.get("/api/taught", response_model=TaughtList)
+    def api_taught(limit: int = 60) -> TaughtList:
+        return console.taught(max(1, min(limit, 500)))
+
+    @app.post("/api/taught/{example_id}/remove", response_model=RemovedExample)
+    def api_untaught(example_id: int) -> RemovedExample:
+        return console.untaught(example_id)
+
+    @app.get("/taught-frames/{name}")
+    def taught_frame(name: str) -> Response:
+        number, dot, suffix = name.rpartition(".")
+        jpeg = (
+            console.taught_jpeg(int(number))
+            if dot and suffix == "jpg" and number.isdigit()
+            else None
+        )
+        if jpeg is None:
+            raise ConsoleError(404, f"no site example image {name!r}")
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+        )
 
     @app.get("/frames/{name}")
     def frame(name: str) -> Response:
@@ -382,7 +410,7 @@ def _client(request: Request) -> str:
 
 def _wants_html(request: Request) -> bool:
     path = request.url.path
-    if path.startswith(("/api/", "/frames/", "/partials/")):
+    if path.startswith(("/api/", "/frames/", "/taught-frames/", "/partials/")):
         return False
     return "text/html" in request.headers.get("accept", "") or request.method == "GET"
 

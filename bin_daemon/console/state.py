@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bin_daemon.console.taught import RemovedExample, Taught, TaughtError, TaughtList
 from bin_daemon.errors import BinDaemonError, ImageError
 from bin_daemon.model import preprocess
 from bin_daemon.model.classifier import Classifier
@@ -208,6 +210,16 @@ class Hooks:
     """Labels the site knows beyond the model's (choices on the review page)."""
     fill_levels: Callable[[], Mapping[str, float | None]] | None = None
     """Bin name -> fill percent 0..100 or None (a FillMonitor's ``levels``)."""
+    site_store: Path | None = None
+    """The site store's file (the Taught page); None: site learning is off."""
+
+
+@contextmanager
+def _taught_errors() -> Iterator[None]:
+    try:
+        yield
+    except TaughtError as error:
+        raise ConsoleError(error.status, str(error)) from None
 
 
 def default_upload_classifier(model_dir: Path) -> Classifier:
@@ -248,6 +260,7 @@ class Console:
         self._monotonic = monotonic
         self._status_lock = threading.Lock()
         self._status: tuple[float, Any, Status] | None = None
+        self._taught = Taught(self.hooks.site_store)
         self.event_log: EventLog | None = None
         if event_log_path is not None:
             try:
@@ -480,6 +493,24 @@ class Console:
     def frame(self, item_id: str) -> Path | None:
         spool = self._view().spool
         return spool.frame_path(item_id) if spool is not None else None
+
+    # -- what the bin was taught (the site store) -----------------------------------------
+
+    def taught(self, limit: int = 60) -> TaughtList:
+        """The site store's labels and newest examples."""
+        with _taught_errors():
+            return self._taught.list(self._view().bins, limit)
+
+    def taught_jpeg(self, example_id: int) -> bytes | None:
+        with _taught_errors():
+            return self._taught.jpeg(example_id)
+
+    def untaught(self, example_id: int) -> RemovedExample:
+        """Remove one example from the site store (the loop refits between items)."""
+        with _taught_errors():
+            removed = self._taught.remove(example_id)
+        self._status = None  # the model tile's count, at once
+        return removed
 
     # -- classify an upload --------------------------------------------------------------
 

@@ -605,20 +605,22 @@ class Service:
             return
         from bin_daemon.console.runner import ConsoleRunner
 
-        hooks = self.console_hooks or self._console_hooks()
+        hooks = self.console_hooks or self._console_hooks(config)
         self.console = ConsoleRunner(config, self.console_view, hooks=hooks)
         if not self.console.start():
             self.console = None
 
-    def _console_hooks(self) -> Any:
+    def _console_hooks(self, config: Config) -> Any:
         """What the console plugs into: corrections teach the site store, the site's labels
-        are offered on the review page, the fill monitor's levels are shown."""
+        are offered on the review page, the fill monitor's levels are shown, the Taught page
+        reads the site store."""
         from bin_daemon.console.state import Hooks
 
         return Hooks(
             on_correction=self.site_link.queue_correction,
             extra_labels=self.site_link.labels,
             fill_levels=self.fill.levels if self.fill is not None else None,
+            site_store=config.site_store_path() if config.site.enabled else None,
         )
 
     def _stop_console(self) -> None:

@@ -485,6 +485,29 @@ def _cell(entry: dict, key: str = "accuracy") -> str:
     return f"{100 * entry[key]['mean']:.1f} ± {100 * entry[key]['sd']:.1f}"
 
 
+def new_class_tables(nc: dict) -> list[str]:
+    """The new-class experiment's two tables (Markdown lines)."""
+    lines = []
+    for regime in ("only_new", "with_known"):
+        lines += [
+            f"\n**New class `{nc['left_out']}`, {regime}**: recall of the new class / "
+            "accuracy on the other classes (%)\n",
+            "| method | 5 photos | 10 photos | 20 photos |",
+            "|---|---|---|---|",
+        ]
+        for name in nc[regime]["5"]:
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{100 * nc[regime][k][name]['new_class_recall']['mean']:.1f} / "
+                    f"{100 * nc[regime][k][name]['other_classes_accuracy']['mean']:.1f}"
+                    for k in ("5", "10", "20")
+                )
+                + " |"
+            )
+    return lines
+
+
 def tables(results: dict) -> str:
     """docs/SITE.md's tables (Markdown), from the results."""
     lines = []
@@ -538,24 +561,7 @@ def tables(results: dict) -> str:
             f"{row['clean_accuracy_drop_points']:+.2f} |"
         )
     if "new_class" in results:
-        nc = results["new_class"]
-        for regime in ("only_new", "with_known"):
-            lines += [
-                f"\n**New class `{nc['left_out']}`, {regime}**: recall of the new class / "
-                "accuracy on the other classes (%)\n",
-                "| method | 5 photos | 10 photos | 20 photos |",
-                "|---|---|---|---|",
-            ]
-            for name in nc[regime]["5"]:
-                lines.append(
-                    f"| {name} | "
-                    + " | ".join(
-                        f"{100 * nc[regime][k][name]['new_class_recall']['mean']:.1f} / "
-                        f"{100 * nc[regime][k][name]['other_classes_accuracy']['mean']:.1f}"
-                        for k in ("5", "10", "20")
-                    )
-                    + " |"
-                )
+        lines += new_class_tables(results["new_class"])
     lines += [
         "\n| examples | fit, CPU s | fit, wall s | Pi 4 projected s | apply, ms |",
         "|---|---|---|---|---|",
@@ -625,6 +631,19 @@ def folds_summary(fold_results: list[dict]) -> dict:
     }
 
 
+def new_class_methods() -> dict[str, Callable]:
+    """The heads compared when a class the model never saw is taught."""
+    return {
+        "site_head": fit_site_head,
+        "site_head_every_frame_wins": fit_site_head_every,
+        "gated_cosine_means": M.fit_gated,
+        "ft_l2_0.1": lambda c, E, y: M.fit_ft(c, E, y, l2=0.1),
+        "ncm": M.fit_ncm,
+        "softmax_scratch": M.fit_softmax_scratch,
+        "knn": lambda c, E, y: M.fit_knn(c, E, y, fuse=False),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     global MODEL, SPLIT  # --model-dir
     parser = argparse.ArgumentParser(description=__doc__)
@@ -647,6 +666,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="FOLD_JSON",
         help="summarise per-fold results (mean and sd over folds) into --out and stop",
+    )
+    parser.add_argument(
+        "--new-class-only",
+        action="store_true",
+        help="run only the new-class experiment (--new-class-model; the left-out class's "
+        "photos split as --model-dir's split.csv has them) into --out, print its tables",
     )
     parser.add_argument(
         "--write-reference",
@@ -672,6 +697,16 @@ def main(argv: list[str] | None = None) -> int:
     labels = (args.model_dir / "labels.txt").read_text().split()
     if args.write_reference:  # the training split only (a whole-pool model has no test split)
         _log(f"reference: {write_shipped_reference()}")
+        return 0
+    if args.new_class_only:
+        results = {
+            "setup": {"split_of_the_new_class": str(SPLIT), "draws": args.draws},
+            "new_class": new_class(
+                args.new_class_model, args.left_out, new_class_methods(), args.draws
+            ),
+        }
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print("\n".join(new_class_tables(results["new_class"])))
         return 0
     copies = collect()
     if args.collect_only:
@@ -704,18 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     results["clean_check"] = clean_check(copies, labels, args.draws)
     if (args.new_class_model / "waste_classifier.tflite").exists():
         results["new_class"] = new_class(
-            args.new_class_model,
-            args.left_out,
-            {
-                "site_head": fit_site_head,
-                "site_head_every_frame_wins": fit_site_head_every,
-                "gated_cosine_means": M.fit_gated,
-                "ft_l2_0.1": lambda c, E, y: M.fit_ft(c, E, y, l2=0.1),
-                "ncm": M.fit_ncm,
-                "softmax_scratch": M.fit_softmax_scratch,
-                "knn": lambda c, E, y: M.fit_knn(c, E, y, fuse=False),
-            },
-            args.draws,
+            args.new_class_model, args.left_out, new_class_methods(), args.draws
         )
     results["refit_timing"] = refit_timing(copies, labels)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

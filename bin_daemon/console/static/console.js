@@ -85,7 +85,45 @@
     }
   }
 
+  // -- taught: remove a site example ------------------------------------------------------
+  async function untaught(card, button) {
+    const status = card.querySelector(".status");
+    if (!window.confirm("Remove this example? The bin stops learning from it.")) return;
+    card.classList.add("saving");
+    button.disabled = true;
+    try {
+      const response = await fetch("/api/taught/" + encodeURIComponent(button.dataset.remove) + "/remove", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "X-CSRF-Token": csrf },
+      });
+      if (response.status === 401) return toLogin();
+      const data = await response.json().catch(function () { return {}; });
+      if (!response.ok) throw new Error(data.detail || "HTTP " + response.status);
+      card.classList.add("removed");
+      status.className = "status ok";
+      status.textContent = "Removed: " + data.remaining + " " + data.label + " left";
+      button.hidden = true;
+      const row = document.querySelector('[data-label-row="' + CSS.escape(data.label) + '"] [data-count]');
+      if (row) row.textContent = data.remaining;
+      const total = document.getElementById("taught-total");
+      if (total) {
+        const left = Math.max(0, parseInt(total.dataset.total, 10) - 1);
+        total.dataset.total = left;
+        total.textContent = left + (left === 1 ? " example" : " examples");
+      }
+    } catch (error) {
+      status.className = "status bad";
+      status.textContent = "Not removed: " + error.message;
+      button.disabled = false;
+    } finally {
+      card.classList.remove("saving");
+    }
+  }
+
   document.addEventListener("click", function (event) {
+    const remove = event.target.closest("button[data-remove]");
+    if (remove) return untaught(remove.closest("[data-example]"), remove);
     const button = event.target.closest("button[data-label]");
     const card = button && button.closest("[data-item]");
     if (card) label(card, button.dataset.label);
