@@ -617,9 +617,15 @@ def test_the_taught_page_lists_the_site_store_and_removes_an_example(app):
         assert store.generation() == generation + 1
     again = app.client.post(f"/api/taught/{ids[0]}/remove", auth=BASIC)
     assert again.status_code == 404 and f"no site example {ids[0]}" in again.json()["detail"]
+    with SiteStore(app.site_store) as store:  # `site add` from another process meanwhile
+        store.add(label="paper", jpeg=b"\xff\xd8j", embedding=np.ones(8), model_sha256="ab" * 32,
+                  source="file:/p.jpg")  # fmt: skip
+    assert app.client.get("/api/taught", auth=BASIC).json()["labels"][0] == {
+        "label": "paper", "count": 2, "bin": "recycling",
+    }  # fmt: skip
     page = app.client.get("/taught", auth=BASIC)
     assert page.status_code == 200 and 'id="taught-labels"' in page.text
-    assert page.text.count('data-remove="') == 2 and "in no bin: fallback" in page.text
+    assert page.text.count('data-remove="') == 3 and "in no bin: fallback" in page.text
     assert f'src="/taught-frames/{ids[1]}.jpg"' in page.text
 
 

@@ -269,6 +269,7 @@ class Console:
                 log.error("console: %s; status, review and events are limited", error)
 
     def close(self) -> None:
+        self._taught.close()
         if self.event_log is not None:
             with self._log_lock:
                 self.event_log.close()

@@ -1,8 +1,9 @@
 """The Taught page's side: what the site store holds, as the console shows it, and removing
 an example that should not be there.
 
-The console opens the store (SQLite in WAL mode) for each request, as ``bin-daemon site``
-does from another process. A removal moves the store's change counter, so the sorting loop
+The console keeps its own connection to the store (SQLite in WAL mode: it reads while the
+loop writes), opened at the first request that finds the file, as ``bin-daemon site`` opens
+it from another process. A removal moves the store's change counter, so the sorting loop
 refits its head between items, within a second (``loop/site_link.py``). The event log keeps
 the person's label: removing an example only stops the bin from learning from it.
 """
@@ -10,6 +11,7 @@ the person's label: removing an example only stops the bin from learning from it
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,20 +63,33 @@ class Taught:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self._opened: SiteStore | None = None
+        self._lock = threading.Lock()  # one request at a time on the one connection
 
     @contextmanager
     def _store(self) -> Iterator[SiteStore | None]:
-        if self.path is None or not self.path.exists():  # never created by a page view
-            yield None
-            return
-        try:
-            store = SiteStore(self.path)
-        except BinDaemonError as error:
-            raise TaughtError(503, str(error)) from None
-        try:
-            yield store
-        finally:
-            store.close()
+        with self._lock:
+            if self._opened is None and self.path is not None and self.path.exists():
+                try:  # (a page view never creates the file)
+                    self._opened = SiteStore(self.path)
+                except BinDaemonError as error:
+                    raise TaughtError(503, str(error)) from None
+            try:
+                yield self._opened
+            except TaughtError:
+                raise
+            except BinDaemonError as error:  # opened again at the next request
+                self._close()
+                raise TaughtError(503, str(error)) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
     def list(self, bins: Mapping[str, Sequence[str]], limit: int = 60) -> TaughtList:
         bin_for = {label: name for name, labels in bins.items() for label in labels}
