@@ -593,9 +593,9 @@ def test_the_taught_page_lists_the_site_store_and_removes_an_example(app):
     ids = teach_three(app.site_store)
     taught = app.client.get("/api/taught", auth=BASIC).json()
     assert taught["enabled"] and taught["total"] == 3
-    assert [(x["label"], x["count"], x["bin"]) for x in taught["labels"]] == [
-        ("coffee_cup", 2, None),  # in no bin: its items go to the fallback bin
-        ("paper", 1, "recycling"),
+    assert [(x["label"], x["count"], x["bin"], x["new"]) for x in taught["labels"]] == [
+        ("coffee_cup", 2, None, True),  # in no bin: its items go to the fallback bin
+        ("paper", 1, "recycling", False),
     ]
     assert [x["id"] for x in taught["examples"]] == ids[::-1]  # newest first
     assert [
@@ -621,12 +621,14 @@ def test_the_taught_page_lists_the_site_store_and_removes_an_example(app):
         store.add(label="paper", jpeg=b"\xff\xd8j", embedding=np.ones(8), model_sha256="ab" * 32,
                   source="file:/p.jpg")  # fmt: skip
     assert app.client.get("/api/taught", auth=BASIC).json()["labels"][0] == {
-        "label": "paper", "count": 2, "bin": "recycling",
+        "label": "paper", "count": 2, "bin": "recycling", "new": False,
     }  # fmt: skip
     page = app.client.get("/taught", auth=BASIC)
     assert page.status_code == 200 and 'id="taught-labels"' in page.text
     assert page.text.count('data-remove="') == 3 and "in no bin: fallback" in page.text
     assert f'src="/taught-frames/{ids[1]}.jpg"' in page.text
+    few = re.search(r'id="few-examples">(.*?)</p>', page.text).group(1)  # a new label, 1 photo
+    assert few.endswith("Fewer than 20 so far: coffee_cup.")
 
 
 def test_the_taught_page_without_a_site_store(app, world):

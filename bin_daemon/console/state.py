@@ -78,6 +78,8 @@ class DaemonView:
     a refit makes a new one), or None: uploads get it too."""
     site_examples: int = 0
     """How many site-store examples that head was fitted on."""
+    model_labels: tuple[str, ...] = ()
+    """The model's own labels (``labels`` adds the site store's new ones)."""
 
 
 class ConsoleError(BinDaemonError):
@@ -500,7 +502,8 @@ class Console:
     def taught(self, limit: int = 60) -> TaughtList:
         """The site store's labels and newest examples."""
         with _taught_errors():
-            return self._taught.list(self._view().bins, limit)
+            view = self._view()
+            return self._taught.list(view.bins, view.model_labels or view.labels, limit)
 
     def taught_jpeg(self, example_id: int) -> bytes | None:
         with _taught_errors():

@@ -39,6 +39,8 @@ class TaughtLabel(BaseModel):
     count: int
     bin: str | None
     """The bin the label is sorted into; None: in no bin (its items go to the fallback bin)."""
+    new: bool
+    """A label the model does not know: the site head learns it from these examples alone."""
 
 
 class TaughtList(BaseModel):
@@ -91,7 +93,9 @@ class Taught:
             self._opened.close()
             self._opened = None
 
-    def list(self, bins: Mapping[str, Sequence[str]], limit: int = 60) -> TaughtList:
+    def list(
+        self, bins: Mapping[str, Sequence[str]], model_labels: Sequence[str], limit: int = 60
+    ) -> TaughtList:
         bin_for = {label: name for name, labels in bins.items() for label in labels}
         with self._store() as store:
             examples = store.examples() if store is not None else []
@@ -104,7 +108,9 @@ class Taught:
             store=str(self.path or ""),
             total=len(examples),
             labels=[
-                TaughtLabel(label=label, count=n, bin=bin_for.get(label))
+                TaughtLabel(
+                    label=label, count=n, bin=bin_for.get(label), new=label not in model_labels
+                )
                 for label, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
             ],
             examples=[

@@ -657,6 +657,7 @@ class Service:
             class_bias=getattr(classifier, "class_bias", MappingProxyType({})),
             site_head=getattr(classifier, "head", None),
             site_examples=getattr(classifier, "examples", 0),
+            model_labels=tuple(getattr(classifier, "classifier", classifier).labels),
         )
 
     def _summary(self) -> str:
