@@ -10,13 +10,16 @@ in ``runs/site_cache/``) and the few-shot curves of ``site_experiments`` are dra
 model, the shipped head, the head with a 4x and 16x stiffer pull towards the model's layer
 (``L2_PER_EXAMPLE`` 20 and 80), the head re-centring only (no fine-tuning steps; also onto
 the plain instead of the class-balanced training mean), and ``align_taught`` (re-centring in
-feature space onto the plain training mean, clipped at zero; also unclipped). Prints each one's gain over
-the model (mean ± sd over folds) and coverage at the 0.85 threshold. About 1 minute with the
-embeddings cached, 3 minutes a fold without.
+feature space onto the plain training mean, clipped at zero; also unclipped), and the head
+fitted on ``align_taught``'s features. Prints each one's gain over the model (mean ± sd over
+folds) and coverage at the 0.85 threshold. About 1 minute with the embeddings cached, 3
+minutes a fold without. ``PROBE_FRESH_DRAWS=N`` draws other teaching/scoring halves than
+SITE.md's (N=1 is its fresh-draw table); ``PROBE_METHODS=a,b`` runs only those (and the model).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +63,27 @@ def align_taught_unclipped(ctx, E, y):
     return lambda F: X.M.softmax(X.M.model_logits(ctx, F - site_mean + ctx.mu_t))
 
 
+def head_on_aligned(ctx, E, y):
+    """The head fitted on embeddings aligned in feature space as ``align_taught`` aligns them
+    (minus the taught frames' class-balanced mean, plus the training split's plain mean,
+    clipped at zero), with no logit re-centring of its own; the same condition (every model
+    label taught) as the head's re-centring."""
+    if not np.all(np.isin(np.arange(ctx.n_model), y)):
+        return X.fit_site_head(ctx, E, y)
+    site_mean, _ = X.M.site_stats(E, y)
+
+    def align(F: np.ndarray) -> np.ndarray:
+        return np.maximum(F - site_mean + ctx.mu_t, 0.0)
+
+    read = H.read_reference
+    H.read_reference = lambda path, n: None
+    try:
+        predict = X.fit_site_head(ctx, align(E), y)
+    finally:
+        H.read_reference = read
+    return lambda F: predict(align(F))
+
+
 def methods(train_embeddings: np.ndarray) -> dict[str, Callable]:
     return {
         "model": X.M.fit_model,
@@ -70,18 +94,24 @@ def methods(train_embeddings: np.ndarray) -> dict[str, Callable]:
         "head_recentre_only_plain_mean": recentre_on_plain_mean(train_embeddings),
         "align_taught_unclipped": align_taught_unclipped,
         "align_taught": lambda c, E, y: X.M.fit_align(c, E, y, "taught"),
+        "head_on_aligned": head_on_aligned,
     }
 
 
 def main() -> int:
     sweep = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/cv/lite2-288-hv08")
+    X.SEED += 7919 * int(os.environ.get("PROBE_FRESH_DRAWS", "0"))  # other draws than SITE.md's
+    only = os.environ.get("PROBE_METHODS")
     results = {}
     for fold in sorted(sweep.glob("fold-*")):
         X.MODEL, X.SPLIT = fold / "waste_classifier.tflite", fold / "split.csv"
         labels = (fold / "labels.txt").read_text().split()
         copies = X.collect()
         train = copies["train"]["embeddings"].astype(np.float64)
-        results[fold.name] = X.curves(copies, labels, methods(train), X.DRAWS)
+        chosen = methods(train)
+        if only:
+            chosen = {name: chosen[name] for name in ["model", *only.split(",")]}
+        results[fold.name] = X.curves(copies, labels, chosen, X.DRAWS)
     shots = [*map(str, X.SHOTS), "all"]
     print(f"{len(results)} folds; gain over the model in points (coverage at {X.THRESHOLD})")
     for copy in ("site", "camera"):
