@@ -33,15 +33,15 @@ def make_model_dir(tmp_path: Path, model: bytes | Path, *, size=32, labels=LABEL
 
 def assert_card_has_its_site_reference(folder: Path) -> None:
     """The card's ``embedding_reference`` is the class-balanced mean of the calibrated logits
-    of the clean training images in ``split.csv``, as the daemon's classifier reads them, and
-    the site head finds it beside the model."""
+    and the plain mean embedding of the clean training images in ``split.csv``, as the daemon's
+    classifier reads them, and the site head finds both beside the model."""
     import csv
 
     import numpy as np
 
     from bin_daemon.model.classifier import Classifier
     from bin_daemon.model.preprocess import load_image
-    from bin_daemon.site.head import read_last_layer, read_reference
+    from bin_daemon.site.head import read_last_layer, read_mean_embedding, read_reference
 
     card = json.loads((folder / "model_card.json").read_text())
     labels, data = card["labels"], Path(card["dataset"]["root"])
@@ -60,3 +60,7 @@ def assert_card_has_its_site_reference(folder: Path) -> None:
     assert entry["n"] == len(train) and entry["split"] == "train"
     np.testing.assert_allclose(entry["mean_logits"], expected, atol=2e-4)
     np.testing.assert_allclose(read_reference(model, len(labels)), entry["mean_logits"])
+    np.testing.assert_allclose(entry["mean_embedding"], embeddings.mean(axis=0), atol=2e-5)
+    np.testing.assert_allclose(
+        read_mean_embedding(model, embeddings.shape[1]), entry["mean_embedding"]
+    )

@@ -138,9 +138,45 @@ def test_without_the_cards_reference_the_head_still_fits(samples, tmp_path):
     y = samples["labels"]
     head = SiteHead.fit(samples["site"], list(y), model_labels=LABELS, model_path=model)
     assert head.method == "fine-tuned last layer"
-    with_card = SiteHead.fit(samples["site"], list(y), model_labels=LABELS, model_path=MODEL)
+    E, labels = np.concatenate([samples["site"]] * 3), list(y) * 3  # 12 frames a label
+    with_card = SiteHead.fit(E, labels, model_labels=LABELS, model_path=MODEL)
     assert with_card.method == "recentred + fine-tuned last layer"
     assert REFERENCE_KEY in (ROOT / "models" / "model_card.json").read_text()
+
+
+def test_under_ten_frames_of_a_label_the_head_only_recentres_in_feature_space(samples):
+    """Measured better than fine-tuning below ~10 frames a label (docs/SITE.md): the model's
+    own layer on ``max(x - the site's class-balanced mean + the training mean, 0)``."""
+    import json
+
+    y = samples["labels"]
+    taught = np.array([i for i in range(24) if i % 4 < 2])  # 2 site frames a label
+    head = SiteHead.fit(
+        samples["site"][taught], list(y[taught]), model_labels=LABELS, model_path=MODEL
+    )
+    assert head.method.startswith("recentred in feature space")
+    assert head.temperature == 1.0 and head.unsure_threshold is None  # the card's threshold
+    card = json.loads((ROOT / "models" / "model_card.json").read_text())
+    mean_train = np.asarray(card[REFERENCE_KEY]["mean_embedding"])
+    E = samples["site"][taught].astype(np.float64)
+    mean_site = np.mean([E[y[taught] == label].mean(axis=0) for label in LABELS], axis=0)
+    W, b = read_last_layer(MODEL, len(LABELS), E.shape[1])
+    expected = np.maximum(samples["site"] - mean_site + mean_train, 0.0) @ W.T + b
+    np.testing.assert_allclose(head.logits(samples["site"]), expected, rtol=1e-9, atol=1e-9)
+    # The shift moves the site's frames: not the model's own logits any more.
+    assert np.abs(expected - (samples["site"] @ W.T + b)).max() > 0.5
+    # From ALIGN_BELOW frames of every label, or with a label of the site's own: fine-tuned.
+    twelve = SiteHead.fit(
+        np.concatenate([samples["site"]] * 3), list(y) * 3, model_labels=LABELS, model_path=MODEL
+    )
+    assert twelve.method == "recentred + fine-tuned last layer"
+    with_new = SiteHead.fit(
+        samples["site"][taught],
+        ["cans" if label == "metal" and i % 2 else str(label) for i, label in enumerate(y[taught])],
+        model_labels=LABELS,
+        model_path=MODEL,
+    )
+    assert with_new.labels[-1] == "cans" and with_new.method == "recentred + fine-tuned last layer"
 
 
 def test_without_the_model_file_the_head_falls_back_to_class_means(samples):
