@@ -403,6 +403,7 @@ def test_cli_round_trip(tmp_path, capsys, samples_dir):
     assert results[2]["model_label"] == "glass" and isinstance(results[2]["site"], bool)
     code, out, _ = run_cli(capsys, "classify", "--state-dir", state, taught[0])
     assert out.startswith("site store: ") and "2 examples applied (bottle 2)" in out
+    assert "; new labels imprinted (no model label taught)" in out  # how the head works
     assert "(site: the model said glass)" in out
     code, out, _ = run_cli(capsys, "classify", "--json", "--no-site", "--state-dir", state,
                            held_out)  # fmt: skip

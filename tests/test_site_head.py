@@ -92,6 +92,7 @@ def test_a_new_label_is_added_after_the_models_and_keeps_the_other_classes(sampl
         samples["clean"][metal[:3]], ["cans"] * 3, model_labels=LABELS, model_path=MODEL
     )
     assert head.labels == (*LABELS, "cans")
+    assert head.method == "new labels imprinted (no model label taught)"
     taught = [head.apply(samples["clean"][i], samples["clean_probs"][i]) for i in metal[:3]]
     # The taught photos themselves come back with the taught label (the head remembers them).
     assert all(_top(d) == "cans" and d.changed for d in taught)

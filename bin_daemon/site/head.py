@@ -310,9 +310,12 @@ class SiteHead:
         gram_E = (E32 @ E32.T).astype(np.float64)  # shared by the fit and its cross-validation
         W, b, centre, active = _fit(E, y, W0, b0, reference, len(head_labels), gram_E)
         temperature = _recalibrate(E, y, W0, b0, reference, len(head_labels), gram_E)
-        method = (
-            "recentred + fine-tuned last layer" if centre is not None else "fine-tuned last layer"
-        )
+        if not np.any(y < K):
+            method = "new labels imprinted (no model label taught)"
+        elif centre is not None:
+            method = "recentred + fine-tuned last layer"
+        else:
+            method = "fine-tuned last layer"
         head = cls(
             head_labels,
             K,

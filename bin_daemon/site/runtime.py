@@ -199,7 +199,8 @@ class SiteClassifier:
         if not self.examples:
             return f"site store {self.store.path}: no examples (the model alone)"
         per_label = ", ".join(f"{label} {n}" for label, n in sorted(self.counts.items()))
-        return f"site store {self.store.path}: {self.examples} examples applied ({per_label})"
+        how = f"; {self.head.method}" if self.head is not None and self.head.method else ""
+        return f"site store {self.store.path}: {self.examples} examples applied ({per_label}){how}"
 
 
 def apply_site_head(
