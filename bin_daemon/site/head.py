@@ -119,24 +119,21 @@ def read_last_layer(model_path: Path, n_classes: int, dim: int) -> tuple[np.ndar
 
 def read_reference(model_path: Path, n_classes: int) -> np.ndarray | None:
     """The training split's mean calibrated logits from the card beside the model, if recorded."""
-    card_path = model_path.with_name(CARD_FILE)
-    try:
-        card = json.loads(card_path.read_text())
-        values = np.asarray(card[REFERENCE_KEY]["mean_logits"], np.float64)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return values if values.shape == (n_classes,) and np.all(np.isfinite(values)) else None
+    return _card_vector(model_path, "mean_logits", n_classes)
 
 
 def read_mean_embedding(model_path: Path, dim: int) -> np.ndarray | None:
     """The training split's plain mean embedding from the card beside the model, if recorded."""
-    card_path = model_path.with_name(CARD_FILE)
+    return _card_vector(model_path, "mean_embedding", dim)
+
+
+def _card_vector(model_path: Path, key: str, length: int) -> np.ndarray | None:
     try:
-        card = json.loads(card_path.read_text())
-        values = np.asarray(card[REFERENCE_KEY]["mean_embedding"], np.float64)
+        card = json.loads(model_path.with_name(CARD_FILE).read_text())
+        values = np.asarray(card[REFERENCE_KEY][key], np.float64)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return values if values.shape == (dim,) and np.all(np.isfinite(values)) else None
+    return values if values.shape == (length,) and np.all(np.isfinite(values)) else None
 
 
 def reference_entry(
