@@ -604,7 +604,7 @@ def test_the_taught_page_lists_the_site_store_and_removes_an_example(app):
     image = app.client.get(f"/taught-frames/{ids[0]}.jpg", auth=BASIC)
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
     assert image.content == SAMPLE.read_bytes()
-    for bad in ("999.jpg", "x.jpg", f"{ids[0]}.png", "..%2Fsite.sqlite3"):
+    for bad in ("999.jpg", "x.jpg", f"{ids[0]}.png", "..%2Fsite.sqlite3", "9" * 30 + ".jpg"):
         assert app.client.get(f"/taught-frames/{bad}", auth=BASIC).status_code == 404, bad
     with SiteStore(app.site_store) as store:
         generation = store.generation()
@@ -615,6 +615,8 @@ def test_the_taught_page_lists_the_site_store_and_removes_an_example(app):
     with SiteStore(app.site_store) as store:  # the loop sees the change counter move
         assert store.counts() == {"coffee_cup": 1, "paper": 1}
         assert store.generation() == generation + 1
+    huge = app.client.post("/api/taught/" + "9" * 30 + "/remove", auth=BASIC)
+    assert huge.status_code == 404, huge.text  # past SQLite's integers: still just not there
     again = app.client.post(f"/api/taught/{ids[0]}/remove", auth=BASIC)
     assert again.status_code == 404 and f"no site example {ids[0]}" in again.json()["detail"]
     with SiteStore(app.site_store) as store:  # `site add` from another process meanwhile

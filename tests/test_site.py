@@ -427,6 +427,8 @@ def test_cli_round_trip(tmp_path, capsys, samples_dir):
 
     code, out, _ = run_cli(capsys, "site", "remove", "--id", "1", "--state-dir", state)
     assert code == 0 and "removed example #1" in out
+    code, _, err = run_cli(capsys, "site", "remove", "--id", "9" * 30, "--state-dir", state)
+    assert code == 1 and err.count("\n") == 1 and "no example #999" in err  # past SQLite's ints
     code, out, _ = run_cli(capsys, "site", "remove", "--label", "bottle", "--state-dir", state)
     assert code == 0 and "removed 1 examples of bottle" in out
     code, _, err = run_cli(capsys, "site", "remove", "--label", "bottle", "--state-dir", state)

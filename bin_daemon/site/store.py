@@ -103,6 +103,11 @@ class Example:
     jpeg_bytes: int
 
 
+def _storable_id(example_id: int) -> bool:
+    """An id SQLite can hold (ids start at 1; a larger number is no example, not an error)."""
+    return 0 < example_id < 2**63
+
+
 def _now() -> str:
     return iso_utc(datetime.now(UTC).timestamp())
 
@@ -191,6 +196,8 @@ class SiteStore:
         return int(count)
 
     def remove_id(self, example_id: int) -> bool:
+        if not _storable_id(example_id):  # no such row can exist (and SQLite would refuse it)
+            return False
         with self._transaction("remove the example") as db:
             count = db.execute("DELETE FROM examples WHERE id = ?", (example_id,)).rowcount
             if count:
@@ -269,6 +276,8 @@ class SiteStore:
         return [int(row[0]) for row in rows]
 
     def jpeg(self, example_id: int) -> bytes | None:
+        if not _storable_id(example_id):
+            return None
         rows = self._query("SELECT jpeg FROM examples WHERE id = ?", (example_id,))
         return bytes(rows[0][0]) if rows else None
 
