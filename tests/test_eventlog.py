@@ -84,6 +84,9 @@ def test_since_takes_iso_times_and_ages():
     assert parse_since("2026-11-24T08:00+01:00") == "2026-11-24T07:00:00.000Z"
     with pytest.raises(ValueError, match="expected an ISO time"):
         parse_since("yesterday")
+    # an age past the records' start, or past the calendar, means every record (not a crash)
+    for age in ("60000d", "99999999d", "9" * 400 + "w"):
+        assert parse_since(age, now=now) == "1970-01-01T00:00:00.000Z"
 
 
 def test_a_failing_event_log_is_logged_and_sorting_goes_on(tmp_path, samples_dir, caplog):

@@ -371,8 +371,11 @@ def parse_since(text: str, *, now: datetime | None = None) -> str:
     match = _RELATIVE.match(text)
     if match:
         seconds = float(match.group(1)) * _UNIT_S[match.group(2).lower()]
-        moment = (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-        return iso_utc(moment.timestamp())
+        try:
+            moment = (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+        except OverflowError:  # an age beyond the calendar: every record
+            return iso_utc(0.0)
+        return iso_utc(max(moment.timestamp(), 0.0))
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
