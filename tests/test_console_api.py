@@ -10,6 +10,7 @@ import io
 import re
 import sqlite3
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -730,6 +731,28 @@ def test_events_csv_download(app):
     corrected = next(r for r in rows if r["item_id"] == item["item_id"])
     assert corrected["corrected_label"] == "paper" and corrected["label"] == item["label"]
     assert app.client.get("/api/events.csv?since=nonsense", auth=BASIC).status_code == 400
+
+
+def test_a_decision_the_site_head_changed_is_marked_everywhere(app):
+    from bin_daemon.records.eventlog import EventLog
+    from bin_daemon.records.events import SortEvent, iso_utc
+
+    item_id = "20261205T120000000Z-abcdef-0099"
+    log = EventLog(app.config.event_log_path())
+    try:
+        log.record(SortEvent(item_id, iso_utc(time.time()), "coffee_cup", 0.97, [], "landfill",
+                             False, "ab" * 32, "x.jpg", {"total": 3}, site=True,
+                             extra={"model_label": "paper"}))  # fmt: skip
+    finally:
+        log.close()
+    items = {i["item_id"]: i for i in app.client.get("/api/events?since=1d", auth=BASIC).json()}
+    assert (items[item_id]["site"], items[item_id]["model_label"]) == (True, "paper")
+    assert sum(i["site"] for i in items.values()) == 1  # the model's own decisions are not
+    page = app.client.get("/events?since=1d", auth=BASIC).text
+    assert page.count('class="chip site"') == 1 and "changed the model's answer (paper)" in page
+    rows = list(csv.DictReader(io.StringIO(app.client.get("/api/events.csv", auth=BASIC).text)))
+    marked = [(r["item_id"], r["site"], r["model_label"]) for r in rows if r["site"] == "1"]
+    assert marked == [(item_id, "1", "paper")]
 
 
 def test_a_long_csv_is_read_in_pages(app, monkeypatch):

@@ -110,6 +110,10 @@ class Item(BaseModel):
     error: str | None = None
     corrected_label: str | None = None
     corrected_at: str | None = None
+    site: bool = False
+    """What the bin was taught (the site head) changed the model's answer."""
+    model_label: str | None = None
+    """The model's own label, when the site head changed it."""
     frame_url: str | None = None
     """``/frames/<item_id>.jpg`` when the spool has the item's frame."""
 
@@ -624,13 +628,15 @@ class Console:
             error=record.get("error"),
             corrected_label=record.get("corrected_label"),
             corrected_at=record.get("corrected_at"),
+            site=bool(record.get("site")),
+            model_label=record.get("model_label") if record.get("site") else None,
             frame_url=f"/frames/{item_id}.jpg" if has_frame else None,
         )
 
 
 CSV_COLUMNS = (
     "ts", "item_id", "label", "confidence", "bin", "unsure", "lid", "error",
-    "corrected_label", "corrected_at", "model",
+    "corrected_label", "corrected_at", "model", "site", "model_label",
 )  # fmt: skip
 
 
