@@ -269,8 +269,7 @@ def create_app(
 
     @app.get("/taught", response_class=HTMLResponse)
     def taught_page(request: Request, limit: int = 60) -> Response:
-        taught = console.taught(max(1, min(limit, 500)))
-        return page(request, "taught.html", taught=taught, limit=limit)
+        return page(request, "taught.html", taught=console.taught(limit))
 
     @app.get("/events", response_class=HTMLResponse)
     def events_page(request: Request, since: str = "1d", limit: int = 200) -> Response:
@@ -332,7 +331,7 @@ def create_app(
 
     @app.get("/api/taught", response_model=TaughtList)
     def api_taught(limit: int = 60) -> TaughtList:
-        return console.taught(max(1, min(limit, 500)))
+        return console.taught(limit)
 
     @app.post("/api/taught/{example_id}/remove", response_model=RemovedExample)
     def api_untaught(example_id: int) -> RemovedExample:

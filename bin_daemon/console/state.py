@@ -504,10 +504,11 @@ class Console:
     # -- what the bin was taught (the site store) -----------------------------------------
 
     def taught(self, limit: int = 60) -> TaughtList:
-        """The site store's labels and newest examples."""
+        """The site store's labels and its newest ``limit`` examples (1 to 500)."""
         with _taught_errors():
             view = self._view()
-            return self._taught.list(view.bins, view.model_labels or view.labels, limit)
+            labels = view.model_labels or view.labels
+            return self._taught.list(view.bins, labels, max(1, min(limit, 500)))
 
     def taught_jpeg(self, example_id: int) -> bytes | None:
         with _taught_errors():

@@ -102,7 +102,7 @@ class Taught:
         counts: dict[str, int] = {}
         for example in examples:
             counts[example.label] = counts.get(example.label, 0) + 1
-        newest = sorted(examples, key=lambda e: e.id, reverse=True)[: max(1, limit)]
+        newest = sorted(examples, key=lambda e: e.id, reverse=True)[:limit]
         return TaughtList(
             enabled=self.path is not None,
             store=str(self.path or ""),

@@ -290,7 +290,7 @@ class SiteHead:
         counts = np.bincount(y, minlength=len(head_labels))
         mean_train = read_mean_embedding(Path(model_path), E.shape[1])
         if not extra and mean_train is not None and 1 <= counts.min() < ALIGN_BELOW:
-            mean_site = np.mean([E[y == c].mean(axis=0) for c in range(K)], axis=0)
+            mean_site = _site_mean(E, y, K)
             head = cls(
                 head_labels,
                 K,
@@ -420,7 +420,7 @@ def _fit(
     b_start = b0
     if reference is not None and np.all(np.isin(np.arange(K), taught)):
         # Class-balanced over the model's labels: the site's mean item.
-        centre = np.mean([E[y == c].mean(axis=0) for c in range(K)], axis=0)
+        centre = _site_mean(E, y, K)
         b_start = reference
     X = E - centre if centre is not None else E
     W_init = np.zeros((n_labels, d))
@@ -499,10 +499,16 @@ def _recalibrate_aligned(
         test, train = fold == f, fold != f
         if not test.any() or not np.all(np.isin(np.arange(K), y[train])):
             continue
-        mean_site = np.mean([E[train & (y == c)].mean(axis=0) for c in range(K)], axis=0)
+        mean_site = _site_mean(E[train], y[train], K)
         held_logits[test] = np.maximum(E[test] - mean_site + mean_train, 0.0) @ W0.T + b0
         scored[test] = True
     return _best_temperature(held_logits[scored], y[scored])
+
+
+def _site_mean(E: np.ndarray, y: np.ndarray, n_model: int) -> np.ndarray:
+    """The taught frames' class-balanced mean embedding over the model's labels (each taught):
+    the site's mean item, whatever the mix of labels taught."""
+    return np.mean([E[y == c].mean(axis=0) for c in range(n_model)], axis=0)
 
 
 def _folds(y: np.ndarray) -> np.ndarray:
