@@ -140,7 +140,8 @@ def test_cli_events_lists_what_run_recorded(tmp_path, samples_dir, capsys):
     lines = out.splitlines()
     assert lines[0].startswith("time (UTC)") and len(lines) == 4
     assert listed[0]["item_id"] in lines[1] and "completed" in lines[1]
-    assert err.startswith("3 items since ")
+    unsure = sum(r["unsure"] for r in listed)
+    assert err.startswith(f"3 items, {unsure} unsure ({100 * unsure / 3:.0f}%) since ")
     assert cli.main(["events", "--log", str(tmp_path / "none.sqlite3")]) == 1
     assert "no event log here" in capsys.readouterr().err
     assert cli.main(["events", "--config", str(config), "--since", "soon"]) == 2

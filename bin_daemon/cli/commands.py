@@ -315,8 +315,9 @@ def cmd_events(args: argparse.Namespace) -> int:
             since = eventlog.parse_since(args.since)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    count = 0
+    count = unsure = 0
     for record in eventlog.read_events(path, since=since):
+        unsure += bool(record.get("unsure"))
         if args.json:
             print(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
         else:
@@ -325,7 +326,10 @@ def cmd_events(args: argparse.Namespace) -> int:
             print(eventlog.table_line(record))
         count += 1
     if not args.json:
-        print(f"{count} items" + (f" since {since}" if since else ""), file=sys.stderr)
+        # The unsure share is the bin's one live sign of worse pictures (README, "Faults").
+        share = f" ({100 * unsure / count:.0f}%)" if count else ""
+        summary = f"{count} items, {unsure} unsure{share}"
+        print(summary + (f" since {since}" if since else ""), file=sys.stderr)
     return 0
 
 
