@@ -652,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--left-out", default="metal")
     parser.add_argument("--out", type=Path, default=Path("docs/site_experiments.json"))
     parser.add_argument("--draws", type=int, default=DRAWS)
+    parser.add_argument(
+        "--known-per-class",
+        type=int,
+        default=5,
+        help="new-class experiment: frames of each known class taught beside the new one",
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out")
     parser.add_argument(
         "--model-dir",
@@ -702,7 +708,11 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             "setup": {"split_of_the_new_class": str(SPLIT), "draws": args.draws},
             "new_class": new_class(
-                args.new_class_model, args.left_out, new_class_methods(), args.draws
+                args.new_class_model,
+                args.left_out,
+                new_class_methods(),
+                args.draws,
+                known_per_class=args.known_per_class,
             ),
         }
         args.out.write_text(json.dumps(results, indent=1) + "\n")
