@@ -246,6 +246,10 @@ def test_a_person_uses_the_console_in_a_browser(browser, daemon, tmp_path):
     wait_for(browser, lambda d: service.sorter.classifier.examples == 1, "the loop did not refit")
     assert service.sorter.classifier.counts == {truth: 1}
     assert browser.find_element(By.ID, "taught-total").text == "1 example"
+    gone = browser.find_element(By.CSS_SELECTOR, '[data-label-row="aluminium_can"]')
+    assert "removed" in gone.get_attribute("class")  # its last example: the label is struck
+    kept = browser.find_element(By.CSS_SELECTOR, f'[data-label-row="{truth}"]')
+    assert "removed" not in (kept.get_attribute("class") or "")
     shots.take("taught")
     shots.take("taught-phone", PHONE)
 

@@ -105,7 +105,11 @@
       status.textContent = "Removed: " + data.remaining + " " + data.label + " left";
       button.hidden = true;
       const row = document.querySelector('[data-label-row="' + CSS.escape(data.label) + '"] [data-count]');
-      if (row) row.textContent = data.remaining;
+      if (row) {
+        row.textContent = data.remaining;
+        // the label's last example: the store no longer has the label (a reload drops the row)
+        row.closest("tr").classList.toggle("removed", data.remaining === 0);
+      }
       const total = document.getElementById("taught-total");
       if (total) {
         const left = Math.max(0, parseInt(total.dataset.total, 10) - 1);
