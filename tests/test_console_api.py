@@ -772,7 +772,7 @@ def test_events_page_filters_and_links_the_csv(app):
     unsure = sum(item["unsure"] for item in listed)
     assert 0 < unsure < 24  # the sample run has some
     summary = re.search(r'id="events-summary">([^<]*)', page.text).group(1)
-    assert summary.startswith(f"24 items, {unsure} unsure ({round(100 * unsure / 24)}%), newest")
+    assert summary.startswith(f"24 items, {unsure} unsure ({100 * unsure / 24:.0f}%), newest")
     assert 'href="/api/events.csv?since=1d"' in page.text
     bad = app.client.get("/events?since=bogus")
     assert bad.status_code == 400 and "expected an ISO time" in bad.text
